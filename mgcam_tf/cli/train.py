@@ -1,0 +1,179 @@
+"""mgcam-train: train MGCAM (stage 1) or MGCAM-Siamese (stage 2), resumable.
+
+  mgcam-train --flagfile=flags/demo.flags
+  mgcam-train --flagfile=flags/market1501_stage1.flags --data_dir=/data/Market-1501
+  mgcam-train --flagfile=flags/market1501_stage2.flags --data_dir=... --init_from=runs/market1501_stage1
+
+Started again with the same command after a crash (or kill -9), it resumes
+from the last checkpoint in --model_dir with its step and optimizer state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+from absl import app, flags
+
+from mgcam_tf.cli.common import one_line_errors
+
+FLAGS = flags.FLAGS
+
+# -- data --------------------------------------------------------------------
+flags.DEFINE_string("data_dir", "", "Data set folder (any layout of `--layout`). "
+                    "Empty: the built-in synthetic data set, written under --model_dir.")
+flags.DEFINE_enum("layout", "auto", ["auto", "market1501", "dukemtmc", "cuhk03",
+                                     "cuhk03_labeled", "cuhk03_detected", "mars",
+                                     "folders", "manifest"],
+                  "Layout of --data_dir (mgcam_tf.data.layouts.LAYOUTS).")
+flags.DEFINE_enum("missing_masks", "error", ["error", "generate", "full_body", "skip"],
+                  "What to do with images that have no mask.")
+flags.DEFINE_string("cache", "", "Cache decoded, resized samples: '' (off), 'memory', "
+                    "or a file path prefix.")
+flags.DEFINE_integer("seed", 0, "Seed of sampling, mirroring and initialisation.")
+flags.DEFINE_integer("synthetic_ids", 120, "Built-in data only: number of training ids.")
+# -- model -------------------------------------------------------------------
+flags.DEFINE_enum("architecture", "mgcam", ["mgcam", "mscan"],
+                  "mgcam: three streams with contrastive attention; mscan: the "
+                  "MSCAN-body baseline (full stream only).")
+flags.DEFINE_enum("input_mode", "rgbm", ["rgb", "mask", "masked_rgb", "rgbm"],
+                  "Input channels (paper Table 2).")
+flags.DEFINE_enum("attention", "soft", ["soft", "hard"],
+                  "soft: learned Phi+; hard: the binary mask is the attention map.")
+flags.DEFINE_integer("feature_dim", 128, "Size of h, the feature.")
+flags.DEFINE_float("dropout", 0.2, "Dropout after h.")
+flags.DEFINE_bool("sync_bn", False, "Synchronise BatchNorm statistics across replicas.")
+# -- schedule ------------------------------------------------------------------
+flags.DEFINE_enum("stage", "1", ["1", "2"],
+                  "1: MGCAM (no Siamese loss, random batches); 2: MGCAM-Siamese "
+                  "(pair batches, start from --init_from).")
+flags.DEFINE_string("init_from", "", "Stage 2: the stage-1 model directory to start from.")
+flags.DEFINE_enum("sampler", "random", ["random", "pk"],
+                  "Stage 1 batches: random over the training set, or P ids x K images.")
+flags.DEFINE_integer("pk_k", 4, "Images per identity with --sampler=pk.")
+flags.DEFINE_float("positive_fraction", 0.3, "Stage 2: least fraction of positive pairs.")
+flags.DEFINE_integer("batch_size", 128, "Images per batch (stage 2: 2 x pairs).")
+flags.DEFINE_integer("total_steps", None, "Iterations (default 75000 stage 1, 20000 stage 2).")
+flags.DEFINE_float("base_lr", None, "Learning rate (default 0.01 stage 1, 0.001 stage 2).")
+flags.DEFINE_integer("lr_step", None, "Multiply the learning rate by --gamma every this "
+                     "many steps (default 15000 stage 1, 10000 stage 2).")
+flags.DEFINE_float("gamma", 0.1, "Learning rate step factor.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_float("weight_decay", 0.005, "L2 weight decay on weights (not biases).")
+flags.DEFINE_float("bias_lr_mult", 2.0, "Learning-rate multiplier of the biases.")
+# -- losses ----------------------------------------------------------------------
+flags.DEFINE_float("siamese_weight", 0.01, "lambda of L_sia (stage 2 only).")
+flags.DEFINE_float("triplet_weight", 0.01, "alpha of L_trip.")
+flags.DEFINE_float("attention_weight", 0.1, "beta of L_att.")
+flags.DEFINE_float("triplet_margin", 10.0, "m of the region-level triplet loss (eq. 6).")
+flags.DEFINE_float("siamese_margin", 10.0, "m of the Siamese loss (eq. 7).")
+flags.DEFINE_enum("region_loss", "paper", ["paper", "official"],
+                  "paper: eq. 6; official: the prototxt's two contrastive losses "
+                  "(pull margin 0.1, push margin 100).")
+# -- run -----------------------------------------------------------------------
+flags.DEFINE_string("model_dir", None, "Checkpoints, TensorBoard logs and config.json.")
+flags.DEFINE_integer("checkpoint_every", 1000, "Steps between checkpoints.")
+flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalars.")
+flags.DEFINE_integer("image_every", 1000, "Steps between TensorBoard attention images.")
+flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored", "multi_worker"],
+                  "Distribution strategy (auto: multi_worker when TF_CONFIG names "
+                  "several workers, mirrored with several GPUs).")
+flags.DEFINE_bool("evaluate", True, "After training, print rank-1 and mAP on query/gallery.")
+flags.DEFINE_integer("eval_batch_size", 256, "Batch size of feature extraction.")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+STAGE_DEFAULTS = {"1": dict(total_steps=75000, base_lr=0.01, lr_step=15000),
+                  "2": dict(total_steps=20000, base_lr=0.001, lr_step=10000)}
+
+
+def stage_default(name: str):
+    value = getattr(FLAGS, name)
+    return STAGE_DEFAULTS[FLAGS.stage][name] if value is None else value
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # Imported here so that --help and flag errors answer without loading TF.
+    from mgcam_tf import schedule, training
+    from mgcam_tf.cli import reporting
+    from mgcam_tf.data import layouts, pipeline, synthetic
+    from mgcam_tf.errors import ConfigError
+    from mgcam_tf.losses import MGCAMObjective
+
+    import keras
+    import tensorflow as tf
+
+    if FLAGS.stage == "2" and not FLAGS.init_from and not os.path.isdir(
+            os.path.join(FLAGS.model_dir, training.CHECKPOINT_DIR)):
+        raise ConfigError("--stage=2 starts from a stage-1 model: give --init_from")
+    keras.utils.set_random_seed(FLAGS.seed)
+
+    data_dir = FLAGS.data_dir
+    if not data_dir:
+        data_dir = str(synthetic.write_synthetic_market(
+            os.path.join(FLAGS.model_dir, "synthetic_data"),
+            num_train_ids=FLAGS.synthetic_ids, seed=FLAGS.seed))
+    dataset = layouts.load_dataset(data_dir, layout=FLAGS.layout,
+                                   missing_masks=FLAGS.missing_masks)
+
+    solver = schedule.SolverConfig(
+        base_lr=stage_default("base_lr"), momentum=FLAGS.momentum,
+        step_size=stage_default("lr_step"), gamma=FLAGS.gamma,
+        weight_decay=FLAGS.weight_decay, bias_lr_mult=FLAGS.bias_lr_mult)
+    objective = MGCAMObjective(
+        siamese_weight=FLAGS.siamese_weight if FLAGS.stage == "2" else 0.0,
+        triplet_weight=FLAGS.triplet_weight, attention_weight=FLAGS.attention_weight,
+        triplet_margin=FLAGS.triplet_margin, siamese_margin=FLAGS.siamese_margin,
+        region_loss=FLAGS.region_loss)
+    run = training.RunConfig(total_steps=stage_default("total_steps"),
+                             checkpoint_every=FLAGS.checkpoint_every,
+                             log_every=FLAGS.log_every, image_every=FLAGS.image_every)
+    model_config = training.ModelConfig(
+        num_ids=dataset.num_train_ids, architecture=FLAGS.architecture,
+        input_mode=FLAGS.input_mode, attention=FLAGS.attention,
+        feature_dim=FLAGS.feature_dim, dropout=FLAGS.dropout)
+
+    strategy = training.make_strategy(FLAGS.strategy)
+    replicas = strategy.num_replicas_in_sync
+    if FLAGS.batch_size % (2 * replicas if FLAGS.stage == "2" else replicas):
+        raise ConfigError(f"--batch_size {FLAGS.batch_size} must split evenly over "
+                          f"{replicas} replica(s)" + (" in whole pairs" if FLAGS.stage == "2" else ""))
+    cache = FLAGS.cache or None
+    if FLAGS.stage == "2":
+        batches = pipeline.pair_dataset(dataset.train, FLAGS.batch_size // 2,
+                                        positive_fraction=FLAGS.positive_fraction,
+                                        seed=FLAGS.seed, cache=cache)
+    elif FLAGS.sampler == "pk":
+        if FLAGS.batch_size % FLAGS.pk_k:
+            raise ConfigError(f"--batch_size {FLAGS.batch_size} must be a multiple of "
+                              f"--pk_k {FLAGS.pk_k}")
+        batches = pipeline.pk_dataset(dataset.train, FLAGS.batch_size // FLAGS.pk_k,
+                                      FLAGS.pk_k, seed=FLAGS.seed, cache=cache)
+    else:
+        # A batch split across replicas must never leave one replica empty.
+        batches = pipeline.train_dataset(dataset.train, FLAGS.batch_size, seed=FLAGS.seed,
+                                         cache=cache, drop_remainder=True)
+    settings = {name: FLAGS[name].value for name in sorted(FLAGS)
+                if FLAGS[name].module_name == __name__ or name in ("flagfile",)}
+    settings["data_dir"] = data_dir
+    model = training.train(
+        FLAGS.model_dir, batches, model_config, solver, objective, run,
+        strategy=strategy, synchronized_bn=FLAGS.sync_bn,
+        init_from=FLAGS.init_from or None, settings=settings,
+        verbose=1 if FLAGS.progress and sys.stderr.isatty() else 2 if FLAGS.progress else 0)
+    step = int(model.optimizer.iterations.numpy())
+    print(f"trained {step} steps; checkpoints and TensorBoard logs in {FLAGS.model_dir}")
+    if FLAGS.evaluate:
+        reporting.print_evaluation(model, dataset, FLAGS.eval_batch_size, FLAGS.progress)
+
+
+def run():
+    """Console-script entry point of mgcam-train."""
+    flags.mark_flag_as_required("model_dir")
+    app.run(one_line_errors(main))
+
+
+if __name__ == "__main__":
+    run()
