@@ -1,0 +1,330 @@
+"""k-reciprocal re-ranking (Zhong, Zheng, Cao, Li, CVPR 2017), fast and memory-lean.
+
+`rerank(query_features, gallery_features)` computes exactly what the authors'
+dense code (`rerank_dense` here, a plain transcription kept as the reference
+and benchmark baseline) computes, on the squared Euclidean distances of the
+given features, without ever holding an N x N matrix (N = queries + gallery):
+
+1. Top-(k1+1) neighbour lists, block of rows by block of rows: a float32
+   matmul gives the distances, `np.partition` (values only, several times
+   faster than `argpartition`) gives each row's (k1+1+margin)-th value, the
+   few items under it are re-measured in float64 and sorted by
+   (distance, index). The float32 pass only shortlists; the order is float64.
+2. k-reciprocal sets R(i) and the half-size sets R(c, k1/2) as sparse
+   pattern matrices (A .* A^T); the "2/3 overlap" test for every candidate at
+   once from one sparse product R @ H^T; the expanded sets from Acc @ H.
+3. V (Gaussian weights exp(-d(i,j)/max_j d(i,j)) normalised per row) as a
+   scipy CSR matrix; local query expansion V <- mean of the V rows of the k2
+   nearest neighbours, as one sparse product.
+4. Jaccard distance of each query to each gallery item,
+   1 - sum min(V_q, V_g) / (2 - sum min(V_q, V_g)), from the inverted index
+   (CSC columns of V): every (query, gallery, shared column) triple is
+   enumerated vectorised and summed with `np.bincount`, in query blocks sized
+   so that the triples of one block fit a fixed budget.
+5. final = (1 - lambda) * Jaccard + lambda * d(q, g) / max_j d(q, j).
+
+Re-ranking a Market-1501-sized problem (23,100 images) this way takes seconds
+and well under 1.5 GB, against minutes and 12 GB for the dense code.
+
+Distances: the features' squared Euclidean distance, as Zhong et al.'s
+feature-based code and their MATLAB code (`MahDist`) use. A Mahalanobis-type
+metric (XQDA, KISSME) enters as a linear map of the features
+(`distances.Metric.transform`), cosine as L2-normalised features
+(1 - cos = half the squared distance; the row normalisation cancels the 1/2).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from mgcam_tf.errors import ConfigError, DataError
+
+def _check(k1: int, k2: int, lambda_value: float) -> None:
+    if k1 < 1:
+        raise ConfigError(f"k1 must be >= 1, got {k1}")
+    if k2 < 1:
+        raise ConfigError(f"k2 must be >= 1, got {k2}")
+    if not 0.0 <= lambda_value <= 1.0:
+        raise ConfigError(f"lambda_value must be in [0, 1], got {lambda_value}")
+
+
+def _as_features(name: str, x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise DataError(f"{name} must be 2-D [n, dim], got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{name} holds non-finite values")
+    return x
+
+
+def _pair_sqdist(x: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                 chunk: int = 1 << 15) -> np.ndarray:
+    """float64 ||x[rows] - x[cols]||^2 for pairs, in chunks (memory ~ chunk * dim * 16 B)."""
+    out = np.empty(rows.shape[0], dtype=np.float64)
+    for s in range(0, rows.shape[0], chunk):
+        diff = x[rows[s:s + chunk]] - x[cols[s:s + chunk]]
+        out[s:s + chunk] = np.einsum("ij,ij->i", diff, diff)
+    return out
+
+
+def _neighbours(x: np.ndarray, kk: int, block: int,
+                progress: Callable[[int, int], None] | None):
+    """Top-kk neighbours of every row (self included) and each row's largest distance.
+
+    A float32 pass shortlists: one matmul of augmented features gives
+    key(i, j) = |x_j|^2 - 2 x_i.x_j (= d(i, j) - |x_i|^2, same order per row)
+    with no elementwise passes; `np.partition` finds each row's kk-th key; every
+    item within a float32 error bound of it is kept, so the true top kk are
+    always in the shortlist. The shortlist is then measured in float64 and
+    sorted by (distance, index), the tie rule of a stable argsort.
+
+    Args:
+      x: float64 [N, D].
+      kk: neighbours per row (<= N).
+      block: rows per block; buffers are reused to avoid page faults.
+    Returns:
+      nbr int64 [N, kk]; rowmax float64 [N] (largest squared distance per row).
+    """
+    n, dim = x.shape
+    x32 = x.astype(np.float32)
+    sq32 = np.einsum("ij,ij->i", x32, x32)
+    left = np.concatenate([x32, np.ones((n, 1), np.float32)], axis=1)
+    right_t = np.ascontiguousarray(
+        np.concatenate([-2.0 * x32, sq32[:, None]], axis=1).T)   # [D+1, N]
+    sq = np.einsum("ij,ij->i", x, x)
+    # Bound on the float32 error of a key: (D+2) unit roundoffs of the
+    # magnitudes involved (|x_j|^2 + 2|x_i||x_j| <= 2(|x_i|^2 + |x_j|^2)), x4 slack.
+    tol_scale = 4.0 * (dim + 2) * float(np.finfo(np.float32).eps) * 2.0
+    sq_max = float(sq.max()) if n else 0.0
+    nbr = np.empty((n, kk), dtype=np.int64)
+    rowmax = np.empty(n, dtype=np.float64)
+    block = max(1, min(block, n))
+    keys = np.empty((block, n), dtype=np.float32)
+    work = np.empty((block, n), dtype=np.float32)
+    mask = np.empty((block, n), dtype=bool)
+    for s in range(0, n, block):
+        e = min(s + block, n)
+        b = e - s
+        kb, wb, mb = keys[:b], work[:b], mask[:b]
+        np.matmul(left[s:e], right_t, out=kb)
+        far = kb.argmax(axis=1)
+        rowmax[s:e] = _pair_sqdist(x, np.arange(s, e), far)
+        np.copyto(wb, kb)
+        wb.partition(kk - 1, axis=1)
+        thr = wb[:, kk - 1].astype(np.float64) + tol_scale * (sq[s:e] + sq_max)
+        np.less_equal(kb, thr.astype(np.float32)[:, None], out=mb)
+        # flatnonzero + divmod: a 2-D np.nonzero is many times slower here.
+        rows, cols = np.divmod(np.flatnonzero(mb), n)
+        d64 = _pair_sqdist(x, rows + s, cols)
+        # Stable sort by (row, distance): columns already ascend within a row,
+        # so equal distances keep index order.
+        order = np.lexsort((d64, rows))
+        rows, cols = rows[order], cols[order]
+        counts = np.bincount(rows, minlength=b)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        nbr[s:e] = cols[starts[:, None] + np.arange(kk)[None, :]]
+        if progress is not None:
+            progress(e, n)
+    return nbr, rowmax
+
+
+def _pattern(rows: np.ndarray, cols: np.ndarray, n: int) -> sp.csr_matrix:
+    data = np.ones(rows.shape[0], dtype=np.float64)
+    m = sp.csr_matrix((data, (rows, cols)), shape=(n, n))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
+
+
+def _reciprocal(nbr: np.ndarray, k: int) -> sp.csr_matrix:
+    """Pattern of R(i, k) = {j in top(k+1) of i : i in top(k+1) of j}."""
+    n = nbr.shape[0]
+    rows = np.repeat(np.arange(n), k + 1)
+    a = _pattern(rows, nbr[:, :k + 1].ravel(), n)
+    r = a.multiply(a.T).tocsr()
+    r.eliminate_zeros()
+    return r
+
+
+def rerank(query_features: np.ndarray, gallery_features: np.ndarray, *,
+           k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+           block_size: int = 256, triple_budget: int = 4_000_000,
+           progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """k-reciprocal re-ranked query-to-gallery distances (module doc).
+
+    Args:
+      query_features: float [Q, D] (already mapped by the metric, if any).
+      gallery_features: float [G, D].
+      k1, k2, lambda_value: Zhong et al.'s parameters (defaults 20, 6, 0.3).
+      block_size: rows per block of the neighbour search (memory ~ 4 * block * N B).
+      triple_budget: (query, gallery, shared index) triples enumerated at once
+        for the Jaccard distance (memory ~ 50 B per triple).
+      progress: optional callback(done, total) over the neighbour-search rows.
+    Returns:
+      float32 [Q, G] final distances.
+    Raises:
+      ConfigError: bad k1/k2/lambda_value; DataError: bad features.
+    """
+    _check(k1, k2, lambda_value)
+    q = _as_features("query_features", query_features)
+    g = _as_features("gallery_features", gallery_features)
+    if q.shape[1] != g.shape[1]:
+        raise DataError(f"query_features dim {q.shape[1]} != gallery_features dim {g.shape[1]}")
+    nq, ng = q.shape[0], g.shape[0]
+    if nq == 0 or ng == 0:
+        raise DataError("rerank needs at least one query and one gallery item")
+    x = np.concatenate([q, g])
+    n = x.shape[0]
+    kk = min(n, max(k1 + 1, k2))
+    if k1 + 1 > n:
+        raise ConfigError(f"k1 = {k1} needs more than {n} query + gallery items")
+    nbr, rowmax = _neighbours(x, kk, block_size, progress)
+    rowmax = np.where(rowmax > 0, rowmax, 1.0)  # all items identical: avoid 0/0
+
+    # k-reciprocal sets and the expansion by half-size reciprocal sets.
+    kh = int(np.around(k1 / 2.0))
+    r = _reciprocal(nbr, k1)
+    h = _reciprocal(nbr, kh)
+    hlen = np.diff(h.indptr)
+    overlap = (r @ h.T).multiply(r).tocoo()     # |R(i) ∩ H(c)| for c in R(i)
+    accept = overlap.data > (2.0 / 3.0) * hlen[overlap.col]
+    acc = sp.csr_matrix((np.ones(int(accept.sum())), (overlap.row[accept], overlap.col[accept])),
+                        shape=(n, n))
+    expanded = (r + acc @ h).tocsr()
+    expanded.sum_duplicates()
+    expanded.sort_indices()
+    rows = np.repeat(np.arange(n), np.diff(expanded.indptr))
+    cols = expanded.indices.astype(np.int64)
+    w = np.exp(-_pair_sqdist(x, rows, cols) / rowmax[rows])
+    w /= np.bincount(rows, weights=w, minlength=n)[rows]
+    v = sp.csr_matrix((w, cols, expanded.indptr), shape=(n, n))
+    del expanded, rows, cols, w, r, h, acc, overlap
+
+    if k2 != 1:  # local query expansion: mean of the k2 nearest rows of V
+        qe = sp.csr_matrix((np.full(n * k2, 1.0 / k2),
+                            (np.repeat(np.arange(n), k2), nbr[:, :k2].ravel())), shape=(n, n))
+        v = (qe @ v).tocsr()
+    del nbr
+    v.eliminate_zeros()
+
+    # Inverted index over gallery rows: for column k, gallery items j with V[j, k] > 0.
+    vg = v[nq:].tocsc()
+    col_nnz = np.diff(vg.indptr)
+    vq = v[:nq].tocsr()
+    del v
+    q_triples = np.bincount(np.repeat(np.arange(nq), np.diff(vq.indptr)),
+                            weights=col_nnz[vq.indices], minlength=nq)
+    max_rows = max(1, (64 << 20) // (8 * ng))   # bincount output <= 64 MB
+
+    sq_q = np.einsum("ij,ij->i", q, q)
+    sq_g = np.einsum("ij,ij->i", g, g)
+    # [q, |q|^2, 1] . [-2g, 1, |g|^2] = d(q, g), rows scaled by lam / rowmax.
+    left_q = np.concatenate([q, sq_q[:, None], np.ones((nq, 1))], axis=1)
+    left_q *= (lambda_value / rowmax[:nq])[:, None]
+    right_g = np.ascontiguousarray(
+        np.concatenate([-2.0 * g, np.ones((ng, 1)), sq_g[:, None]], axis=1).T)
+    final = np.empty((nq, ng), dtype=np.float32)
+    s = 0
+    while s < nq:
+        # Grow the block while its triples fit the budget (at least one row).
+        csum = np.cumsum(q_triples[s:s + max_rows])
+        e = s + max(1, int(np.searchsorted(csum, triple_budget, side="right")))
+        e = min(e, nq)
+        lo, hi = vq.indptr[s], vq.indptr[e]
+        ks = vq.indices[lo:hi]
+        a = vq.data[lo:hi]
+        i_loc = np.repeat(np.arange(e - s), np.diff(vq.indptr[s:e + 1]))
+        counts = col_nnz[ks]
+        total = int(counts.sum())
+        offsets = np.cumsum(counts) - counts
+        pos = np.repeat(vg.indptr[ks] - offsets, counts)
+        pos += np.arange(total)
+        mins = np.repeat(a, counts)
+        np.minimum(mins, vg.data[pos], out=mins)
+        lin = np.repeat(i_loc * ng, counts)
+        lin += vg.indices[pos]
+        del pos
+        temp_min = np.bincount(lin, weights=mins, minlength=(e - s) * ng).reshape(e - s, ng)
+        del lin, mins
+        # final = (1 - lam) * (1 - t / (2 - t)) + lam * d / rowmax, in place;
+        # the matmul of the augmented, pre-scaled rows gives lam * d / rowmax.
+        out = left_q[s:e] @ right_g
+        np.maximum(out, 0.0, out=out)
+        denom = 2.0 - temp_min
+        np.divide(temp_min, denom, out=temp_min)
+        del denom
+        temp_min *= 1.0 - lambda_value
+        out += 1.0 - lambda_value
+        out -= temp_min
+        del temp_min
+        final[s:e] = out
+        del out
+        s = e
+    return final
+
+
+def rerank_dense(original_dist: np.ndarray, num_query: int, *, k1: int = 20, k2: int = 6,
+                 lambda_value: float = 0.3) -> np.ndarray:
+    """Zhong et al.'s dense algorithm, written plainly (reference and baseline).
+
+    O(N^2) memory (about 12 GB at Market-1501 scale) and per-item Python loops.
+
+    Args:
+      original_dist: float [N, N] distances of all items, queries first
+        (squared Euclidean to match `rerank`).
+      num_query: Q, the number of leading rows that are queries.
+    Returns:
+      float32 [Q, N - Q] final distances.
+    """
+    _check(k1, k2, lambda_value)
+    dist = np.asarray(original_dist, dtype=np.float32)
+    # Column max, then transpose: for a symmetric matrix, each row over its max.
+    dist = np.transpose(dist / np.max(dist, axis=0))
+    n = dist.shape[0]
+    v = np.zeros_like(dist, dtype=np.float32)
+    initial_rank = np.argsort(dist, axis=1, kind="stable").astype(np.int32)
+    kh = int(np.around(k1 / 2.0))
+    for i in range(n):
+        forward = initial_rank[i, :k1 + 1]
+        backward = initial_rank[forward, :k1 + 1]
+        recip = forward[np.where(backward == i)[0]]
+        expansion = recip
+        for cand in recip:
+            c_forward = initial_rank[cand, :kh + 1]
+            c_backward = initial_rank[c_forward, :kh + 1]
+            c_recip = c_forward[np.where(c_backward == cand)[0]]
+            if len(np.intersect1d(c_recip, recip)) > 2.0 / 3.0 * len(c_recip):
+                expansion = np.append(expansion, c_recip)
+        expansion = np.unique(expansion)
+        weight = np.exp(-dist[i, expansion])
+        v[i, expansion] = weight / np.sum(weight)
+    original = dist[:num_query]
+    if k2 != 1:
+        v_qe = np.zeros_like(v, dtype=np.float32)
+        for i in range(n):
+            v_qe[i] = np.mean(v[initial_rank[i, :k2]], axis=0)
+        v = v_qe
+        del v_qe
+    del initial_rank
+    inv_index = [np.where(v[:, j] != 0)[0] for j in range(n)]
+    jaccard = np.zeros_like(original, dtype=np.float32)
+    for i in range(num_query):
+        temp_min = np.zeros((1, n), dtype=np.float32)
+        nonzero = np.where(v[i] != 0)[0]
+        for k in nonzero:
+            images = inv_index[k]
+            temp_min[0, images] += np.minimum(v[i, k], v[images, k])
+        jaccard[i] = 1 - temp_min / (2.0 - temp_min)
+    final = jaccard * (1 - lambda_value) + original * lambda_value
+    return final[:, num_query:]
+
+
+def squared_euclidean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float64 [A, B] squared Euclidean distances (clamped at 0), for `rerank_dense` inputs."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    d = np.einsum("ij,ij->i", a, a)[:, None] + np.einsum("ij,ij->i", b, b)[None, :] - 2.0 * a @ b.T
+    return np.maximum(d, 0.0)
