@@ -1,0 +1,47 @@
+"""Trains a small MGCAM on fixed random tensors with mgcam_tf.training.train.
+
+usage: train_steps.py MODEL_DIR TOTAL_STEPS [nan]
+Prints one JSON line: the step and a weight checksum at the start of fit
+(after any resume) and at the end.
+"""
+
+import json
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mgcam_tf import schedule, training
+from mgcam_tf.losses import MGCAMObjective
+
+model_dir, total_steps = sys.argv[1], int(sys.argv[2])
+poison = len(sys.argv) > 3 and sys.argv[3] == "nan"
+rng = np.random.RandomState(0)
+x = {"rgbm": rng.randn(4, 160, 64, 4).astype("float32")}
+if poison:
+    x["rgbm"][0, 0, 0, 0] = np.nan
+y = {"pid": np.array([0, 1, 2, 0], "int32"),
+     "attention_target": rng.rand(4, 40, 16, 1).astype("float32")}
+dataset = tf.data.Dataset.from_tensors((x, y)).repeat()
+report = {}
+
+
+class Probe(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        report["start_step"] = int(self.model.optimizer.iterations.numpy())
+        report["start_kernel_sum"] = float(np.sum(self.model.stem_conv.kernel.numpy()))
+
+    def on_train_batch_end(self, batch, logs=None):
+        time.sleep(0.05)  # leaves the killing test a window between checkpoints
+
+
+keras.utils.set_random_seed(0)
+model = training.train(
+    model_dir, dataset, training.ModelConfig(num_ids=3), schedule.SolverConfig(),
+    MGCAMObjective(), training.RunConfig(total_steps=total_steps, checkpoint_every=2,
+                                         log_every=1, image_every=2),
+    callbacks=[Probe()])
+report["end_step"] = int(model.optimizer.iterations.numpy())
+print(json.dumps(report))
