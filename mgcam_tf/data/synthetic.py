@@ -44,6 +44,7 @@ camera): train 1,920, query 240, gallery 828 (720 + 72 distractors + 36 junk).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -56,7 +57,7 @@ import tensorflow as tf
 
 from mgcam_tf.errors import ConfigError, DataError
 
-__all__ = ["write_synthetic_market", "render_people", "FORMAT_VERSION"]
+__all__ = ["write_synthetic_market", "FORMAT_VERSION"]
 
 # Bump when the rendering changes, so that a stored data set of an older
 # generator is rewritten rather than reused.
@@ -238,36 +239,47 @@ def _sample_cameras(rng: np.random.Generator, num_cameras: int, height: int) -> 
 
 # --------------------------------------------------------------------------- rendering
 
-def _segment_distance(u: np.ndarray, v: np.ndarray, a: tuple[np.ndarray, np.ndarray],
-                      b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Distance of every pixel to the segment a-b, and the position t (0 at a, 1 at b).
+def _segment_distance2(u: np.ndarray, v: np.ndarray, a: tuple[np.ndarray, np.ndarray],
+                       b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distance of every pixel to the segment a-b, and the position t (0 at a, 1 at b).
 
-    u, v: [N, H, W] pixel coordinates; a, b: pairs of [N, 1, 1] end points.
-    Returns (dist, t), both [N, H, W].
+    u: [N, 1, W] and v: [N, H, 1] pixel coordinates; a, b: pairs of [N, 1, 1]
+    end points. Returns (dist2, t), both float32 [N, H, W]. Squared, because
+    every caller compares it with a squared radius: no square root needed.
     """
     du, dv = b[0] - a[0], b[1] - a[1]
-    t = np.clip(((u - a[0]) * du + (v - a[1]) * dv) / (du * du + dv * dv + 1e-9), 0.0, 1.0)
-    return np.hypot(u - a[0] - t * du, v - a[1] - t * dv), t
+    inv = 1.0 / (du * du + dv * dv + 1e-9)
+    pu, pv = u - a[0], v - a[1]              # [N, 1, W], [N, H, 1]
+    t = (pu * (du * inv)) + (pv * (dv * inv))  # the only full-size products start here
+    np.clip(t, 0.0, 1.0, out=t)
+    eu = pu - t * du
+    ev = t * dv
+    np.subtract(pv, ev, out=ev)
+    eu *= eu
+    ev *= ev
+    eu += ev
+    return eu, t
 
 
 # Part labels of the label map: index into the per-image colour table.
 _PART_BG, _PART_HAIR, _PART_BAG, _PART_LOWER, _PART_SKIN, _PART_SHOES, _PART_UPPER, _PART_PATTERN = range(8)
 
 
-def render_people(ids: _Identities, backgrounds: np.ndarray, *, center_x: np.ndarray,
+def _render_people(ids: _Identities, backgrounds: np.ndarray, *, center_x: np.ndarray,
                   feet_y: np.ndarray, scale: np.ndarray, side: np.ndarray, back_view: np.ndarray,
                   arm_swing: np.ndarray, stride: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Paints N people over their backgrounds.
 
     ids: identity attributes with leading axis [N] (one row per image).
-    backgrounds: float32 [N, H, W, 3], 0..255.
+    backgrounds: float32 [N, H, W, 3], 0..255; painted over in place.
     center_x, feet_y: [N] body centre column and feet row, in px (may put the
         person partly outside the crop).
     scale: [N] person height in px.
     side: [N] +1 or -1, mirrors the asymmetric parts (bag, stripes' phase).
     back_view: [N] bool, seen from behind: hair instead of face, backpack shown.
     arm_swing, stride: [N] radians, walking pose.
-    Returns (image float32 [N, H, W, 3] 0..255 before lighting, mask bool [N, H, W]).
+    Returns (backgrounds, now the image float32 [N, H, W, 3] 0..255 before
+    lighting; mask bool [N, H, W]).
     """
     n, height, width, _ = backgrounds.shape
     f32 = np.float32
@@ -278,8 +290,10 @@ def render_people(ids: _Identities, backgrounds: np.ndarray, *, center_x: np.nda
     # person heights from the body axis, mirrored by `side`.
     yy = (np.arange(height, dtype=f32) + f32(0.5))[None, :, None]
     xx = (np.arange(width, dtype=f32) + f32(0.5))[None, None, :]
-    v = np.broadcast_to((yy - (col(feet_y) - p)) / p, (n, height, width))
-    u = np.broadcast_to((xx - col(center_x)) / p * col(side), (n, height, width))
+    # v is [N, H, 1] and u [N, 1, W]: a condition on one of them costs a row
+    # or a column, and only combining both makes a full [N, H, W] array.
+    v = (yy - (col(feet_y) - p)) / p
+    u = (xx - col(center_x)) / p * col(side)
 
     # Parts are painted back to front into a label map (one byte per pixel)
     # and a shading map; colours are looked up once at the end. Painting RGB
@@ -313,11 +327,11 @@ def render_people(ids: _Identities, backgrounds: np.ndarray, *, center_x: np.nda
         ang = col(stride) * f32(sign)
         a = (sign * hip * f32(0.55), hip_v)
         b = (a[0] + leg_len * np.sin(ang), hip_v + leg_len * np.cos(ang))
-        d, t = _segment_distance(u, v, a, b)
-        r = col(ids.leg_r) * (1 - f32(0.3) * t)
+        d2, t = _segment_distance2(u, v, a, b)
+        r2 = (col(ids.leg_r) * (1 - f32(0.3) * t)) ** 2
         part = np.where(t < skin_from, _PART_LOWER, _PART_SKIN)
         part[t > 0.93] = _PART_SHOES
-        paint(d < r, part, 1 - f32(0.3) * (d / r) ** 2)
+        paint(d2 < r2, part, 1 - f32(0.3) * d2 / r2)
     # Skirt: a trapezoid over the upper legs.
     skirt_h = f32(0.2)
     tt = np.clip((v - hip_v) / skirt_h, 0, 1)
@@ -327,8 +341,8 @@ def render_people(ids: _Identities, backgrounds: np.ndarray, *, center_x: np.nda
     # Torso: a trapezoid from the shoulders to the hips, rounded shoulders.
     tv = np.clip((v - sh_v) / (hip_v - sh_v), 0, 1)
     half = sh + (hip - sh) * tv
-    d_sh, _ = _segment_distance(u, v, (-sh + 0.03, sh_v + 0.03), (sh - 0.03, sh_v + 0.03))
-    torso = ((v >= sh_v + 0.03) & (v <= hip_v + 0.02) & (abs_u <= half)) | (d_sh < 0.03)
+    d2_sh, _ = _segment_distance2(u, v, (-sh + 0.03, sh_v + 0.03), (sh - 0.03, sh_v + 0.03))
+    torso = ((v >= sh_v + 0.03) & (v <= hip_v + 0.02) & (abs_u <= half)) | (d2_sh < 0.03 ** 2)
     period = col(ids.period)
     phase, phase_u = (v - sh_v) / period, u / period
     pat = np.asarray(ids.pattern).reshape(n, 1, 1)
@@ -343,8 +357,8 @@ def render_people(ids: _Identities, backgrounds: np.ndarray, *, center_x: np.nda
     paint(backpack & ~back & torso & (np.abs(abs_u - sh * 0.55) < 0.012) & (v < sh_v + 0.2), _PART_BAG, 0.8)
     # Shoulder bag: a strap across the chest to a bag on the far hip.
     shoulder_bag = flag(ids.bag == 1)
-    d_strap, _ = _segment_distance(u, v, (-sh * 0.8, sh_v + 0.01), (sh + 0.03, hip_v - 0.02))
-    paint(shoulder_bag & (d_strap < 0.011), _PART_BAG, 0.8)
+    d2_strap, _ = _segment_distance2(u, v, (-sh * 0.8, sh_v + 0.01), (sh + 0.03, hip_v - 0.02))
+    paint(shoulder_bag & (d2_strap < 0.011 ** 2), _PART_BAG, 0.8)
     paint(shoulder_bag & (np.abs(u - sh - 0.04) < 0.045) & (np.abs(v - hip_v + 0.01) < 0.045), _PART_BAG)
 
     # Arms: capsules from the shoulders, swinging opposite to each other.
@@ -353,9 +367,9 @@ def render_people(ids: _Identities, backgrounds: np.ndarray, *, center_x: np.nda
         ang = col(arm_swing) * f32(sign) + f32(sign * 0.12)  # arms hang a little away from the body
         a = (sign * (sh - 0.015), sh_v + 0.03)
         hand = (a[0] + col(ids.arm_len) * np.sin(ang), a[1] + col(ids.arm_len) * np.cos(ang))
-        d, t = _segment_distance(u, v, a, hand)
-        arm_r = col(ids.arm_r)
-        paint(d < arm_r, np.where(t < col(ids.sleeve), _PART_UPPER, _PART_SKIN), 1 - f32(0.3) * (d / arm_r) ** 2)
+        d2, t = _segment_distance2(u, v, a, hand)
+        r2 = col(ids.arm_r) ** 2
+        paint(d2 < r2, np.where(t < col(ids.sleeve), _PART_UPPER, _PART_SKIN), 1 - f32(0.3) * d2 / r2)
     # Hand bag hangs from the +u hand (the last one drawn).
     paint(flag(ids.bag == 2) & (np.abs(u - hand[0]) < 0.04) & (v > hand[1] - 0.01) & (v < hand[1] + 0.09),
           _PART_BAG)
@@ -368,9 +382,13 @@ def render_people(ids: _Identities, backgrounds: np.ndarray, *, center_x: np.nda
 
     table = np.stack([np.zeros((n, 3), f32), ids.hair, ids.bag_rgb, ids.lower, ids.skin, ids.shoes,
                       ids.upper, ids.pattern_rgb], axis=1).astype(f32)   # [N, 8, 3]
-    person = table[np.arange(n)[:, None, None], labels] * shading[..., None]
+    # One flat gather: row 8 * image + label of the [N * 8, 3] table.
+    flat = labels + (np.arange(n, dtype=np.int32) * table.shape[1])[:, None, None]
+    person = np.take(table.reshape(-1, 3), flat, axis=0)
+    person *= shading[..., None]
     mask = labels > _PART_BG
-    return np.where(mask[..., None], person, backgrounds), mask
+    np.copyto(backgrounds, person, where=mask[..., None])
+    return backgrounds, mask
 
 
 # --------------------------------------------------------------------------- the data set plan
@@ -461,19 +479,27 @@ def _render_chunk(plan: _Plan, index: np.ndarray, ids: _Identities, cams: _Camer
     cut_x = rng.random(n) < 0.5
     cx = np.where(junk & cut_x, width / 2 + rng.choice([-1, 1], n) * rng.uniform(0.45, 0.6, n) * width, cx)
     feet = np.where(junk & ~cut_x, feet + rng.uniform(0.35, 0.5, n) * scale, feet)
-    img, mask = render_people(
+    img, mask = _render_people(
         who, bg, center_x=cx, feet_y=feet, scale=scale,
         side=rng.choice([-1.0, 1.0], n), back_view=rng.random(n) < 0.4,
         arm_swing=rng.uniform(-0.4, 0.4, n), stride=rng.uniform(0.0, 0.22, n))
     # Lighting: camera gain, colour cast and contrast, a little per image, noise.
-    gain = (cams.gain[cam] * rng.uniform(0.93, 1.07, n))[:, None, None, None]
-    cast = (cams.cast[cam] * rng.uniform(0.97, 1.03, (n, 3)))[:, None, None, :]
-    contrast = cams.contrast[cam][:, None, None, None]
-    img = (img - 128.0) * contrast + 128.0
-    img = img * gain * cast
-    img = img + rng.standard_normal(img.shape, dtype=np.float32) * cams.noise[cam][:, None, None, None]
-    return (np.clip(np.rint(img), 0, 255).astype(np.uint8),
-            np.where(mask, 255, 0).astype(np.uint8))
+    # ((x - 128) * contrast + 128) * gain * cast, folded into x * a + b.
+    gain = (cams.gain[cam] * rng.uniform(0.93, 1.07, n))[:, None]
+    cast = cams.cast[cam] * rng.uniform(0.97, 1.03, (n, 3))
+    contrast = cams.contrast[cam][:, None]
+    a = (contrast * gain * cast).astype(np.float32)[:, None, None, :]
+    b = (128.0 * (1.0 - contrast) * gain * cast).astype(np.float32)[:, None, None, :]
+    # Uniform noise of the camera's std: as good as Gaussian after JPEG, and
+    # several times cheaper to draw.
+    noise = rng.random(img.shape, dtype=np.float32)
+    noise -= 0.5
+    noise *= (cams.noise[cam] * np.float32(12 ** 0.5))[:, None, None, None]
+    img *= a
+    img += b
+    img += noise
+    np.clip(img, 0, 255, out=img)
+    return np.rint(img).astype(np.uint8), mask.astype(np.uint8) * np.uint8(255)
 
 
 # --------------------------------------------------------------------------- writing
@@ -556,17 +582,30 @@ def _generate(out: pathlib.Path, args: dict) -> dict:
         (out / d).mkdir()
         (out / f"{d}_seg").mkdir()
     names = [_name(*map(int, t)) for t in zip(plan.pid, plan.camera, plan.scene, plan.frame, plan.box)]
-    if len(set(zip(plan.split.tolist(), names))) != len(names):
+    if len(set(names)) != len(names):
         raise AssertionError("synthetic data: duplicate file names")  # a bug, never a user error
-    for start in range(0, len(names), _CHUNK):
-        index = np.arange(start, min(start + _CHUNK, len(names)))
-        images, masks = _render_chunk(plan, index, ids, cams, scenes, rng_img, height, width)
+
+    def write(index: np.ndarray, images: np.ndarray, masks: np.ndarray) -> None:
         for i, image, mask in zip(index, images, masks):
             d = _SPLIT_DIRS[plan.split[i]]
             jpeg = tf.io.encode_jpeg(image, quality=_JPEG_QUALITY).numpy()
             png = tf.io.encode_png(mask[:, :, None]).numpy()
             (out / d / f"{names[i]}.jpg").write_bytes(jpeg)
             (out / f"{d}_seg" / f"{names[i]}.png").write_bytes(png)
+
+    # Encoding and writing one chunk overlaps with rendering the next (numpy
+    # and TF ops release the GIL). Leaving the `with` waits for the writer, so
+    # nothing writes into `out` after an exception has reached the caller.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
+        pending: concurrent.futures.Future | None = None
+        for start in range(0, len(names), _CHUNK):
+            index = np.arange(start, min(start + _CHUNK, len(names)))
+            chunk = _render_chunk(plan, index, ids, cams, scenes, rng_img, height, width)
+            if pending is not None:
+                pending.result()  # re-raises a writer error here
+            pending = writer.submit(write, index, *chunk)
+        if pending is not None:
+            pending.result()
     return {
         "train": int(np.sum(plan.split == 0)),
         "query": int(np.sum(plan.split == 1)),
