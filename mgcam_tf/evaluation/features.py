@@ -6,6 +6,7 @@ callback that the command line turns into a progress bar.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -133,3 +134,43 @@ def pool_tracklets(features: np.ndarray, pids: np.ndarray, camids: np.ndarray,
                         f"(frame {i}: id {arrays['pids'][i]}, camera {arrays['camids'][i]})")
     pooled = (sums / counts[:, None]).astype(np.float32)
     return pooled, out_pids, out_cams, uniq[order]
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitFeatures:
+    """Features of one split, aligned with ids, cameras and a picture of each item.
+
+    For MARS (a split with tracklets) the items are tracklets: the mean
+    feature of their frames, and their first frame as the picture.
+
+    features: float32 [N, D]; pids, camids: int64 [N]; paths: N image paths.
+    """
+
+    features: np.ndarray
+    pids: np.ndarray
+    camids: np.ndarray
+    paths: tuple[str, ...]
+
+
+def split_features(model: Callable, split: Any, *, batch_size: int = 256,
+                   flip_average: bool = False,
+                   progress: Callable[[int, int | None], None] | None = None) -> SplitFeatures:
+    """h_full of every image of a `mgcam_tf.data.layouts.Split`, pooled per tracklet if it has any.
+
+    Uses `mgcam_tf.data.pipeline.eval_dataset(split, batch_size)` (file order).
+    """
+    from mgcam_tf.data import pipeline  # TF input pipeline, only when images are read
+
+    feats = extract_features(model, pipeline.eval_dataset(split, batch_size),
+                             flip_average=flip_average, progress=progress, total=len(split))
+    if feats.shape[0] != len(split):
+        raise DataError(f"got {feats.shape[0]} features for a split of {len(split)} images")
+    pids = np.asarray(split.pids, dtype=np.int64)
+    camids = np.asarray(split.camids, dtype=np.int64)
+    if split.tracklets is None:
+        return SplitFeatures(feats, pids, camids, tuple(split.image_paths))
+    pooled, tp, tc, tids = pool_tracklets(feats, pids, camids, split.tracklets)
+    _, first = np.unique(np.asarray(split.tracklets), return_index=True)
+    first_of = dict(zip(np.unique(np.asarray(split.tracklets)).tolist(), first.tolist()))
+    paths = tuple(split.image_paths[first_of[t]] for t in tids.tolist())
+    return SplitFeatures(pooled, tp, tc, paths)
