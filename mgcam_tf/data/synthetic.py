@@ -65,6 +65,7 @@ FORMAT_VERSION = 1
 
 _META_NAME = "synthetic.json"
 _TMP_MARK = ".synthetic-tmp-"
+_ACTIVE_TMP: set[str] = set()  # temporary folders this process is writing right now
 _SCENES_PER_CAMERA = 3
 _SCENE_PAD = 2           # scene is rendered this many px larger on each side: shift jitter
 _JPEG_QUALITY = 92
@@ -550,15 +551,16 @@ def _clean_stale_tmp(root: pathlib.Path) -> None:
         except ValueError:
             continue
         if pid == os.getpid():
-            alive = False  # an earlier call of this process that was interrupted
+            # Ours: stale unless another thread of this process is writing it.
+            alive = str(path) in _ACTIVE_TMP
         else:
             try:
                 os.kill(pid, 0)
                 alive = True
-            except ProcessLookupError:
+            except (ProcessLookupError, OverflowError):
                 alive = False
-            except (PermissionError, OverflowError, OSError):
-                alive = pid < 2 ** 22  # exists but not ours; an absurd pid is stale
+            except OSError:  # EPERM: the process exists, it is someone else's
+                alive = True
         if not alive:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -648,23 +650,28 @@ def write_synthetic_market(root: str | os.PathLike, *, num_train_ids: int = 120,
                         "refusing to overwrite it (choose another folder)")
     root.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale_tmp(root)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}{_TMP_MARK}{os.getpid()}-",
-                                        dir=root.parent))
+    tmp = _make_tmp(root)
     try:
         counts = _generate(tmp, args)
         meta = {"generator": "mgcam_tf.data.synthetic", "format_version": FORMAT_VERSION,
                 "arguments": args, "counts": counts, "layout": "market1501"}
+        # Written last: its presence is what marks a data set complete.
         (tmp / _META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if root.is_dir():
             # An empty folder, or our own data set of other arguments: move it
-            # aside first so that `root` is never seen half written.
-            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}{_TMP_MARK}{os.getpid()}-",
-                                                dir=root.parent))
-            os.rename(root, old / "old")
+            # aside first so that `root` is never seen half written, and put it
+            # back if the new one cannot take its place.
+            old = _make_tmp(root)
             try:
-                os.rename(tmp, root)
+                os.rename(root, old / "old")
+                try:
+                    os.rename(tmp, root)
+                except BaseException:
+                    os.rename(old / "old", root)
+                    raise
             finally:
                 shutil.rmtree(old, ignore_errors=True)
+                _ACTIVE_TMP.discard(str(old))
         else:
             try:
                 os.rename(tmp, root)
@@ -675,4 +682,13 @@ def write_synthetic_market(root: str | os.PathLike, *, num_train_ids: int = 120,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        _ACTIVE_TMP.discard(str(tmp))
     return root
+
+
+def _make_tmp(root: pathlib.Path) -> pathlib.Path:
+    """A fresh sibling folder of root named `.ROOT.synthetic-tmp-PID-XXXX`, marked in use."""
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}{_TMP_MARK}{os.getpid()}-",
+                                        dir=root.parent))
+    _ACTIVE_TMP.add(str(tmp))
+    return tmp
