@@ -292,5 +292,5 @@ def train(model_dir: os.PathLike, dataset: tf.data.Dataset, model_config: ModelC
                                                run.log_every, run.image_every, image_batch))
     model.fit(dataset, epochs=epochs, initial_epoch=done // run.checkpoint_every,
               steps_per_epoch=run.checkpoint_every, callbacks=all_callbacks,
-              verbose=verbose)
+              verbose=verbose, shuffle=False)
     return model

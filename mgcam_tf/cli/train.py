@@ -15,6 +15,7 @@ import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from mgcam_tf.cli.common import one_line_errors
 
@@ -82,6 +83,8 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored", "multi_wor
 flags.DEFINE_bool("evaluate", True, "After training, print rank-1 and mAP on query/gallery.")
 flags.DEFINE_integer("eval_batch_size", 256, "Batch size of feature extraction.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_bool("dry_run", False, "Check the flags (and a flagfile) and exit without "
+                  "reading data or training.")
 
 STAGE_DEFAULTS = {"1": dict(total_steps=75000, base_lr=0.01, lr_step=15000),
                   "2": dict(total_steps=20000, base_lr=0.001, lr_step=10000)}
@@ -92,31 +95,10 @@ def stage_default(name: str):
     return STAGE_DEFAULTS[FLAGS.stage][name] if value is None else value
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # Imported here so that --help and flag errors answer without loading TF.
+def configs_from_flags():
+    """The solver, objective and run settings the flags ask for (validated)."""
     from mgcam_tf import schedule, training
-    from mgcam_tf.cli import reporting
-    from mgcam_tf.data import layouts, pipeline, synthetic
-    from mgcam_tf.errors import ConfigError
     from mgcam_tf.losses import MGCAMObjective
-
-    import keras
-    import tensorflow as tf
-
-    if FLAGS.stage == "2" and not FLAGS.init_from and not os.path.isdir(
-            os.path.join(FLAGS.model_dir, training.CHECKPOINT_DIR)):
-        raise ConfigError("--stage=2 starts from a stage-1 model: give --init_from")
-    keras.utils.set_random_seed(FLAGS.seed)
-
-    data_dir = FLAGS.data_dir
-    if not data_dir:
-        data_dir = str(synthetic.write_synthetic_market(
-            os.path.join(FLAGS.model_dir, "synthetic_data"),
-            num_train_ids=FLAGS.synthetic_ids, seed=FLAGS.seed))
-    dataset = layouts.load_dataset(data_dir, layout=FLAGS.layout,
-                                   missing_masks=FLAGS.missing_masks)
 
     solver = schedule.SolverConfig(
         base_lr=stage_default("base_lr"), momentum=FLAGS.momentum,
@@ -130,42 +112,88 @@ def main(argv):
     run = training.RunConfig(total_steps=stage_default("total_steps"),
                              checkpoint_every=FLAGS.checkpoint_every,
                              log_every=FLAGS.log_every, image_every=FLAGS.image_every)
-    model_config = training.ModelConfig(
-        num_ids=dataset.num_train_ids, architecture=FLAGS.architecture,
-        input_mode=FLAGS.input_mode, attention=FLAGS.attention,
-        feature_dim=FLAGS.feature_dim, dropout=FLAGS.dropout)
+    return solver, objective, run
 
-    strategy = training.make_strategy(FLAGS.strategy)
-    replicas = strategy.num_replicas_in_sync
-    if FLAGS.batch_size % (2 * replicas if FLAGS.stage == "2" else replicas):
+
+def model_config_from_flags(num_ids: int):
+    from mgcam_tf import training
+
+    return training.ModelConfig(
+        num_ids=num_ids, architecture=FLAGS.architecture, input_mode=FLAGS.input_mode,
+        attention=FLAGS.attention, feature_dim=FLAGS.feature_dim, dropout=FLAGS.dropout)
+
+
+def batches_from_flags(train_split, replicas: int):
+    """The tf.data batches of the stage and sampler the flags ask for."""
+    from mgcam_tf.data import pipeline
+    from mgcam_tf.errors import ConfigError
+
+    unit = 2 * replicas if FLAGS.stage == "2" else replicas
+    if FLAGS.batch_size % unit:
         raise ConfigError(f"--batch_size {FLAGS.batch_size} must split evenly over "
-                          f"{replicas} replica(s)" + (" in whole pairs" if FLAGS.stage == "2" else ""))
-    cache = FLAGS.cache or None
+                          f"{replicas} replica(s)"
+                          + (" in whole pairs" if FLAGS.stage == "2" else ""))
+    cache = {"": None, "memory": True}.get(FLAGS.cache, FLAGS.cache)
     if FLAGS.stage == "2":
-        batches = pipeline.pair_dataset(dataset.train, FLAGS.batch_size // 2,
-                                        positive_fraction=FLAGS.positive_fraction,
-                                        seed=FLAGS.seed, cache=cache)
-    elif FLAGS.sampler == "pk":
+        return pipeline.pair_dataset(train_split, FLAGS.batch_size // 2,
+                                     positive_fraction=FLAGS.positive_fraction,
+                                     seed=FLAGS.seed, cache=cache)
+    if FLAGS.sampler == "pk":
         if FLAGS.batch_size % FLAGS.pk_k:
             raise ConfigError(f"--batch_size {FLAGS.batch_size} must be a multiple of "
                               f"--pk_k {FLAGS.pk_k}")
-        batches = pipeline.pk_dataset(dataset.train, FLAGS.batch_size // FLAGS.pk_k,
-                                      FLAGS.pk_k, seed=FLAGS.seed, cache=cache)
-    else:
-        # A batch split across replicas must never leave one replica empty.
-        batches = pipeline.train_dataset(dataset.train, FLAGS.batch_size, seed=FLAGS.seed,
-                                         cache=cache, drop_remainder=True)
-    settings = {name: FLAGS[name].value for name in sorted(FLAGS)
-                if FLAGS[name].module_name == __name__ or name in ("flagfile",)}
+        return pipeline.pk_dataset(train_split, FLAGS.batch_size // FLAGS.pk_k,
+                                   FLAGS.pk_k, seed=FLAGS.seed, cache=cache)
+    # A batch split across replicas must never leave one replica empty.
+    return pipeline.train_dataset(train_split, FLAGS.batch_size, seed=FLAGS.seed,
+                                  cache=cache, drop_remainder=True)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # Imported here so that --help and flag errors answer without loading TF.
+    import keras
+    import tensorflow as tf
+
+    from mgcam_tf import training
+    from mgcam_tf.data import layouts, synthetic
+    from mgcam_tf.errors import ConfigError
+
+    # TF's own INFO lines (checkpoint sharding and the like) drown the progress bar.
+    tf.get_logger().setLevel("WARNING")
+    absl_logging.set_verbosity(absl_logging.WARNING)
+
+    solver, objective, run = configs_from_flags()
+    if FLAGS.dry_run:
+        print(f"flags are valid: {solver}\n{objective}\n{run}")
+        return
+    if FLAGS.stage == "2" and not FLAGS.init_from and not os.path.isdir(
+            os.path.join(FLAGS.model_dir, training.CHECKPOINT_DIR)):
+        raise ConfigError("--stage=2 starts from a stage-1 model: give --init_from")
+    keras.utils.set_random_seed(FLAGS.seed)
+
+    data_dir = FLAGS.data_dir
+    if not data_dir:
+        data_dir = str(synthetic.write_synthetic_market(
+            os.path.join(FLAGS.model_dir, "synthetic_data"),
+            num_train_ids=FLAGS.synthetic_ids, seed=FLAGS.seed))
+    dataset = layouts.load_dataset(data_dir, layout=FLAGS.layout,
+                                   missing_masks=FLAGS.missing_masks)
+    strategy = training.make_strategy(FLAGS.strategy)
+    batches = batches_from_flags(dataset.train, strategy.num_replicas_in_sync)
+    own_flags = FLAGS.flags_by_module_dict()[FLAGS.find_module_defining_flag("model_dir")]
+    settings = {flag.name: flag.value for flag in own_flags}
     settings["data_dir"] = data_dir
     model = training.train(
-        FLAGS.model_dir, batches, model_config, solver, objective, run,
-        strategy=strategy, synchronized_bn=FLAGS.sync_bn,
+        FLAGS.model_dir, batches, model_config_from_flags(dataset.num_train_ids), solver,
+        objective, run, strategy=strategy, synchronized_bn=FLAGS.sync_bn,
         init_from=FLAGS.init_from or None, settings=settings,
         verbose=1 if FLAGS.progress and sys.stderr.isatty() else 2 if FLAGS.progress else 0)
     step = int(model.optimizer.iterations.numpy())
     print(f"trained {step} steps; checkpoints and TensorBoard logs in {FLAGS.model_dir}")
     if FLAGS.evaluate:
+        from mgcam_tf.cli import reporting
         reporting.print_evaluation(model, dataset, FLAGS.eval_batch_size, FLAGS.progress)
 
 
