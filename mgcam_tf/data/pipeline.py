@@ -10,15 +10,18 @@ Batches (ARCHITECTURE.md):
     y = {"pid": int32 [B], "attention_target": float32 [B, 40, 16, 1]}.
   eval: x only, file order, never mirrored.
 
-Bad files. A file that is empty, is not a JPEG/PNG/BMP/GIF, or is cut short
-(a JPEG without its end marker, a PNG without IEND) fails an in-graph check
-whose error (tf.errors.InvalidArgumentError, raised where the dataset is
-iterated) contains "mgcam_tf: cannot decode" and the file's path. A mask
-whose size differs from its image's fails the same way, naming both files,
-unless `mask_size_mismatch="resize"`. A file damaged in the middle of its
-data only fails inside the decoder, whose message has no path:
-`verify_images(split)` decodes a split once and raises DataError listing
-every file that does not decode.
+Bad files. The decoders' own errors do not name the file, so each pass
+over the files numbers them, decodes with `ignore_errors()`, and checks the
+numbers that come out: a missing number stops the dataset with
+tf.errors.InvalidArgumentError (raised where the dataset is iterated, e.g.
+inside `model.fit`) whose message reads "mgcam_tf: cannot read or decode
+image <path> or its mask <path> (...)". This covers missing, empty, cut
+short, damaged and non-image files alike, at ~30 us per sample. A mask
+whose size differs from its image's stops it the same way ("mgcam_tf: mask
+<path> has size ... but its image <path> has ..."), unless
+`mask_size_mismatch="resize"` (resize both independently, as the official
+code does). `verify_images(split)` decodes a split once and raises DataError
+listing every bad file at once.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import tensorflow as tf
 
 from mgcam_tf.data.layouts import Split
 from mgcam_tf.data.preprocess import (IMAGE_HEIGHT, IMAGE_WIDTH, decode_image,
-                                      decode_mask, full_body_mask, preprocess,
+                                      decode_mask, full_body_mask, preprocess_packed,
                                       resize_to_input)
 from mgcam_tf.errors import ConfigError, DataError
 
@@ -42,112 +45,95 @@ MASK_SIZE_POLICIES = ("error", "resize")
 # files), so shuffling after them uses a bounded window; each element holds
 # 160*64*4 bytes, so 8192 of them are 335 MB.
 _FILE_CACHE_SHUFFLE_BUFFER = 8192
-_TAIL_BYTES = 64   # where the end marker of a complete JPEG/PNG must lie
 
 CacheLike = Union[None, bool, str]
 
 
 # --------------------------------------------------------------------------
-# Reading one sample
+# Reading samples, with errors that name the file
 
-def _bytes_equal(contents: tf.Tensor, start: int, expected: bytes) -> tf.Tensor:
-    return tf.equal(tf.strings.substr(contents, start, len(expected)), expected)
+class _SampleReader:
+    """Decodes samples of one split; builds finite streams whose failures
+    name the file at fault.
 
-
-def _contains(window: tf.Tensor, marker: bytes) -> tf.Tensor:
-    """Whether `marker` occurs in the uint8 vector `window`."""
-    n = len(marker)
-    size = tf.size(window)
-    hits = tf.ones([tf.maximum(size - n + 1, 0)], tf.bool)
-    for i, byte in enumerate(marker):
-        hits = tf.logical_and(hits, tf.equal(window[i:size - n + 1 + i], byte))
-    return tf.reduce_any(hits)
-
-
-def _checked(contents: tf.Tensor, path: tf.Tensor, what: str) -> tf.Tensor:
-    """`contents` once an in-graph check says it is a complete image file.
-
-    The decoders' own errors do not name the file; this check catches the
-    usual damage (empty file, wrong format, download cut short) first and
-    its message does: 'mgcam_tf: cannot decode <what> <path>: ...'.
+    The decoders' errors do not say which file they were decoding, so a
+    stream reads its files with `ignore_errors()` and numbers them first: a
+    number missing after that means the file before it failed, and a check
+    downstream raises an error that names it. A sentinel closes the stream
+    so that a failure in its last file is seen too.
     """
-    size = tf.strings.length(contents)
-    is_jpeg = _bytes_equal(contents, 0, b"\xff\xd8\xff")
-    is_png = _bytes_equal(contents, 0, b"\x89PNG")
-    known = tf.reduce_any(tf.stack([is_jpeg, is_png, _bytes_equal(contents, 0, b"BM"),
-                                    _bytes_equal(contents, 0, b"GIF8")]))
-    tail = tf.io.decode_raw(tf.strings.substr(contents, tf.maximum(size - _TAIL_BYTES, 0),
-                                              _TAIL_BYTES), tf.uint8)
-    # Cameras may pad after the JPEG end marker, hence a window, not the end.
-    complete = tf.logical_and(
-        tf.logical_or(tf.logical_not(is_jpeg), _contains(tail, b"\xff\xd9")),
-        tf.logical_or(tf.logical_not(is_png), _contains(tail, b"IEND")))
-    ok = tf.logical_and(tf.logical_and(size > 0, known), complete)
-    check = tf.debugging.Assert(ok, [
-        f"mgcam_tf: cannot decode {what}", path,
-        ": empty, not a JPEG/PNG/BMP/GIF, or cut short; size in bytes:", size])
-    with tf.control_dependencies([check]):
-        return tf.identity(contents)
+
+    def __init__(self, split: Split, mask_size_mismatch: str):
+        if mask_size_mismatch not in MASK_SIZE_POLICIES:
+            raise ConfigError(f"mask_size_mismatch must be one of {MASK_SIZE_POLICIES}, "
+                              f"got {mask_size_mismatch!r}")
+        if len(split) == 0:
+            raise DataError("cannot build a dataset from an empty split")
+        self.size = len(split)
+        self._check_sizes = mask_size_mismatch == "error"
+        has_mask = np.asarray([m is not None for m in split.mask_paths], bool)
+        self._all_masks = bool(has_mask.all())
+        self._images = tf.constant(np.asarray(split.image_paths, dtype=object).astype(bytes))
+        self._masks = tf.constant(
+            np.asarray([m or "" for m in split.mask_paths], dtype=object).astype(bytes))
+        self._has_mask = tf.constant(has_mask)
+        self.pids = tf.constant(np.asarray(split.pids), tf.int32)
+
+    def read(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """File index -> (uint8 [160, 64, 4] RGB + mask, image hw, mask hw)."""
+        image = decode_image(tf.io.read_file(self._images[index]))
+        image_hw = tf.shape(image)[:2]
+
+        def with_mask() -> tuple[tf.Tensor, tf.Tensor]:
+            mask = decode_mask(tf.io.read_file(self._masks[index]))
+            return resize_to_input(mask), tf.shape(mask)[:2]
+
+        def without_mask() -> tuple[tf.Tensor, tf.Tensor]:
+            return full_body_mask(IMAGE_HEIGHT, IMAGE_WIDTH), image_hw
+
+        # The common case, every image with its mask, needs no cond.
+        mask, mask_hw = (with_mask() if self._all_masks
+                         else tf.cond(self._has_mask[index], with_mask, without_mask))
+        packed = tf.concat([resize_to_input(image), mask], axis=-1)
+        return packed, image_hw, mask_hw
+
+    def stream(self, indices: tf.Tensor) -> tf.data.Dataset:
+        """Finite dataset of (uint8 [160, 64, 4], pid int32) for `indices`
+        (int64 [n], n >= 1), in that order; fails naming the first bad file."""
+        indices = tf.cast(indices, tf.int64)
+        n = tf.size(indices, out_type=tf.int64)
+        # Element i carries the index of element i - 1: if element i arrives
+        # when i - 1 was expected, that file is the one that failed.
+        previous = tf.concat([[-1], indices[:-1]], axis=0)
+        real = tf.data.Dataset.from_tensor_slices((tf.range(n), indices, previous)).map(
+            lambda pos, idx, prev: (pos, idx, prev) + self.read(idx),
+            num_parallel_calls=AUTOTUNE).ignore_errors()
+        hw = tf.zeros([2], tf.int32)
+        sentinel = tf.data.Dataset.from_tensors(
+            (n, tf.constant(0, tf.int64), indices[-1],
+             tf.zeros([IMAGE_HEIGHT, IMAGE_WIDTH, 4], tf.uint8), hw, hw))
+        # take(n): the sentinel is only pulled (and checked) when a file
+        # failed, which is exactly when the last file's failure shows.
+        return real.concatenate(sentinel).scan(tf.constant(0, tf.int64), self._check).take(n)
+
+    def _check(self, expected, element):
+        pos, idx, prev, packed, image_hw, mask_hw = element
+        unread = tf.debugging.Assert(tf.equal(pos, expected), [
+            "mgcam_tf: cannot read or decode image", self._images[prev], "or its mask",
+            self._masks[prev], "(missing, empty, cut short, damaged, or not a "
+            "JPEG/PNG/BMP/GIF file)"])
+        checks = [unread]
+        if self._check_sizes:
+            checks.append(tf.debugging.Assert(tf.reduce_all(tf.equal(image_hw, mask_hw)), [
+                "mgcam_tf: mask", self._masks[idx], "has size (h, w)", mask_hw,
+                "but its image", self._images[idx], "has", image_hw,
+                "(pass mask_size_mismatch='resize' to resize both)"]))
+        with tf.control_dependencies(checks):
+            return pos + 1, (tf.identity(packed), self.pids[idx])
 
 
-def _read_sample(image_path: tf.Tensor, mask_path: tf.Tensor, has_mask: tf.Tensor,
-                 *, all_masks: bool, mask_size_mismatch: str) -> tuple[tf.Tensor, tf.Tensor]:
-    """Decoded, resized uint8 image [160, 64, 3] and mask [160, 64, 1]."""
-    image = decode_image(_checked(tf.io.read_file(image_path), image_path, "image"))
-
-    def read_mask() -> tf.Tensor:
-        mask = decode_mask(_checked(tf.io.read_file(mask_path), mask_path, "mask"))
-        if mask_size_mismatch == "error":
-            same = tf.reduce_all(tf.equal(tf.shape(mask)[:2], tf.shape(image)[:2]))
-            check = tf.debugging.Assert(same, [
-                "mgcam_tf: cannot decode mask", mask_path, ": its size (h, w)",
-                tf.shape(mask)[:2], "differs from its image's", tf.shape(image)[:2],
-                image_path])
-            with tf.control_dependencies([check]):
-                mask = tf.identity(mask)
-        return resize_to_input(mask)
-
-    if all_masks:   # the common case: no cond in the graph
-        mask = read_mask()
-    else:
-        mask = tf.cond(has_mask, read_mask,
-                       lambda: full_body_mask(IMAGE_HEIGHT, IMAGE_WIDTH))
-    return resize_to_input(image), mask
-
-
-def _file_table(split: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    images = np.asarray(split.image_paths, dtype=object).astype(bytes)
-    masks = np.asarray([m or "" for m in split.mask_paths], dtype=object).astype(bytes)
-    has_mask = np.asarray([m is not None for m in split.mask_paths], bool)
-    return images, masks, has_mask
-
-
-def _sample_reader(split: Split, mask_size_mismatch: str):
-    """A tf.data map function: file index -> (image u8, mask u8, pid int32)."""
-    if mask_size_mismatch not in MASK_SIZE_POLICIES:
-        raise ConfigError(f"mask_size_mismatch must be one of {MASK_SIZE_POLICIES}, "
-                          f"got {mask_size_mismatch!r}")
-    if len(split) == 0:
-        raise DataError("cannot build a dataset from an empty split")
-    images, masks, has_mask = _file_table(split)
-    all_masks = bool(has_mask.all())
-    images_t = tf.constant(images)
-    masks_t = tf.constant(masks)
-    has_t = tf.constant(has_mask)
-    pids_t = tf.constant(np.asarray(split.pids), tf.int32)
-
-    def read(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        image, mask = _read_sample(images_t[index], masks_t[index], has_t[index],
-                                   all_masks=all_masks,
-                                   mask_size_mismatch=mask_size_mismatch)
-        return image, mask, pids_t[index]
-
-    return read
-
-
-def _to_batch(image: tf.Tensor, mask: tf.Tensor, pid: tf.Tensor,
-              mirror: tf.Tensor) -> tuple[dict, dict]:
-    out = preprocess(image, mask, mirror=mirror)
+def _batch_to_xy(packed: tf.Tensor, pid: tf.Tensor, mirror: tf.Tensor) -> tuple[dict, dict]:
+    out = preprocess_packed(packed, mirror=mirror)
     return ({"rgbm": out["rgbm"]},
             {"pid": pid, "attention_target": out["attention_target"]})
 
@@ -159,18 +145,50 @@ def _mirror_flags(batch_seed: tf.Tensor, size: tf.Tensor, enabled: bool) -> tf.T
     return tf.random.stateless_uniform([size], seed=batch_seed) < 0.5
 
 
-def _options(deterministic: bool) -> tf.data.Options:
+def _seed_stream(seed: int) -> tf.data.Dataset:
+    """Endless int64 [2] seeds; a new series each time the dataset is iterated."""
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+
+def _finish(samples: tf.data.Dataset, batch_size: int, drop_remainder: bool,
+            mirror: bool, seed: int) -> tf.data.Dataset:
+    """(packed, pid) samples -> batches of (x, y), mirrored per sample."""
+    batches = samples.batch(batch_size, drop_remainder=drop_remainder,
+                            num_parallel_calls=AUTOTUNE)
+    batches = tf.data.Dataset.zip((batches, _seed_stream(seed + 1))).map(
+        lambda sample, batch_seed: _batch_to_xy(
+            *sample, _mirror_flags(batch_seed, tf.shape(sample[1])[0], mirror)),
+        num_parallel_calls=AUTOTUNE)
+    return batches.prefetch(AUTOTUNE).with_options(_options())
+
+
+def _options() -> tf.data.Options:
     options = tf.data.Options()
-    options.deterministic = deterministic
-    # Elements are small; let tf.data fuse map/batch work and pick buffers.
-    options.experimental_optimization.map_parallelization = True
+    # Order stays deterministic: a seed must give the same batches.
+    options.deterministic = True
     options.autotune.enabled = True
+    # Each op works on one small image or one batch: splitting it over
+    # threads costs more than it saves; parallelism comes from the maps.
+    options.threading.max_intra_op_parallelism = 1
     return options
+
+
+def _cache_mode(cache: CacheLike) -> Optional[str]:
+    """None (off), "" (memory) or a file prefix."""
+    if cache is None or cache is False or cache == "":
+        return None
+    if cache is True or cache == "memory":
+        return ""
+    return os.fspath(cache)
 
 
 def _cache_path(cache: str, split: Split) -> str:
     """`cache` plus a digest of the file list, so that a cache file is never
-    read back for a different list of files (tf.data would do so silently)."""
+    read back for a different list of files (tf.data would do so silently).
+
+    tf.data writes the cache under temporary names and renames them when a
+    pass completes, so an interrupted run leaves no half cache behind.
+    """
     digest = hashlib.sha1("\n".join(split.image_paths).encode()
                           + b"\0" + "\n".join(m or "" for m in split.mask_paths).encode())
     path = f"{cache}.{digest.hexdigest()[:12]}"
@@ -193,98 +211,102 @@ def train_dataset(split: Split, batch_size: int, *, seed: int, shuffle: bool = T
       split: the training split (any split works).
       batch_size: B.
       seed: makes the order and the mirror flips repeatable.
-      shuffle: reshuffle the files every epoch (False: file order).
+      shuffle: a new random order every epoch (False: file order).
       mirror: random horizontal mirror, p = 0.5 per sample.
-      cache: None/False (decode every epoch), True or "" (keep the decoded
-        160x64 uint8 samples in memory, ~40 KB each), or a file prefix for
-        `Dataset.cache(filename)` (a digest of the file list is appended).
-        Cached samples are taken before mirroring, so flips stay random.
-      drop_remainder: drop the last short batch (matters with repeat=False).
+      cache: None / False / "" (decode every epoch), True or "memory" (keep
+        the decoded 160x64 uint8 samples in memory, 40 KB each), or a file
+        prefix for `Dataset.cache(filename)` (a digest of the file list is
+        appended). Samples are cached before mirroring, so flips stay random.
+        With a cache, files are read in one fixed seeded order and shuffled
+        after the cache (memory: the whole split; file: an 8192-sample window).
+      drop_remainder: drop a last short batch (matters with repeat=False).
       repeat: True (default): the dataset never ends, epochs follow each
-        other with a new shuffle each, and batches may straddle two epochs;
-        give Keras `steps_per_epoch`. False: one epoch per iteration.
-      mask_size_mismatch: "error" (default) fails naming the mask whose size
-        differs from its image's; "resize" resizes both independently as the
-        official code does.
+        other with a new order each, and a batch may straddle two epochs;
+        give Keras `steps_per_epoch`. False: one epoch per iteration, a new
+        order and new flips each time it is iterated.
+      mask_size_mismatch: "error" (default): a mask whose size differs from
+        its image's stops the dataset with an error naming both; "resize":
+        resize both independently, as the official code does.
 
     Returns:
       tf.data.Dataset of (x, y): x = {"rgbm": float32 [B, 160, 64, 4]},
       y = {"pid": int32 [B], "attention_target": float32 [B, 40, 16, 1]}.
+      A file that cannot be read or decoded stops it with
+      tf.errors.InvalidArgumentError whose message names the file.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    read = _sample_reader(split, mask_size_mismatch)
+    reader = _SampleReader(split, mask_size_mismatch)
     n = len(split)
-    rng = np.random.default_rng(seed)
-    indices = tf.data.Dataset.from_tensor_slices(np.arange(n, dtype=np.int64))
-    if cache is None or cache is False:
-        # Shuffle file indices (cheap) before reading.
+    cache = _cache_mode(cache)
+    if cache is None:
+        # One finite checked stream per epoch, each in a fresh seeded order.
+        epochs = _seed_stream(seed)
+        if not repeat:
+            epochs = epochs.take(1)
         if shuffle:
-            indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            indices = indices.repeat()
-        samples = indices.map(read, num_parallel_calls=AUTOTUNE)
-    else:
-        # Read in one fixed random order, cache, then shuffle the cached
-        # elements: a file cache can only be read back in its own order, so
-        # a seeded permutation keeps a bounded shuffle window well mixed.
-        if shuffle:
-            indices = tf.data.Dataset.from_tensor_slices(rng.permutation(n).astype(np.int64))
-        samples = indices.map(read, num_parallel_calls=AUTOTUNE)
-        if cache is True or cache == "":
-            samples = samples.cache()
-            buffer = n
+            orders = epochs.map(lambda s: tf.random.experimental.stateless_shuffle(
+                tf.range(n, dtype=tf.int64), seed=s))
         else:
-            samples = samples.cache(_cache_path(os.fspath(cache), split))
+            orders = epochs.map(lambda s: tf.range(n, dtype=tf.int64))
+        samples = orders.flat_map(reader.stream)
+    else:
+        order = (np.random.default_rng(seed).permutation(n) if shuffle
+                 else np.arange(n)).astype(np.int64)
+        samples = reader.stream(tf.constant(order))
+        if cache == "":
+            samples, buffer = samples.cache(), n
+        else:
+            samples = samples.cache(_cache_path(cache, split))
             buffer = min(n, _FILE_CACHE_SHUFFLE_BUFFER)
         if shuffle:
             samples = samples.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
         if repeat:
             samples = samples.repeat()
-    batches = samples.batch(batch_size, drop_remainder=drop_remainder,
-                            num_parallel_calls=AUTOTUNE)
-    # Mirror flags from a seeded stream: one [2] seed per batch.
-    seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
-    batches = tf.data.Dataset.zip((batches, seeds)).map(
-        lambda sample, batch_seed: _to_batch(
-            *sample, _mirror_flags(batch_seed, tf.shape(sample[2])[0], mirror)),
-        num_parallel_calls=AUTOTUNE)
-    return batches.prefetch(AUTOTUNE).with_options(_options(deterministic=True))
+    return _finish(samples, batch_size, drop_remainder, mirror, seed)
 
 
 def eval_dataset(split: Split, batch_size: int, *,
                  mask_size_mismatch: str = "error") -> tf.data.Dataset:
     """Evaluation batches: x = {"rgbm": float32 [B, 160, 64, 4]} only, in
-    file order (split.image_paths), never mirrored, one pass."""
+    file order (split.image_paths), never mirrored, one pass. Errors as in
+    `train_dataset`."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    read = _sample_reader(split, mask_size_mismatch)
-    samples = tf.data.Dataset.range(len(split)).map(read, num_parallel_calls=AUTOTUNE)
+    reader = _SampleReader(split, mask_size_mismatch)
+    samples = reader.stream(tf.range(len(split), dtype=tf.int64))
     batches = samples.batch(batch_size, num_parallel_calls=AUTOTUNE).map(
-        lambda image, mask, pid: {"rgbm": preprocess(image, mask)["rgbm"]},
+        lambda packed, pid: {"rgbm": preprocess_packed(packed)["rgbm"]},
         num_parallel_calls=AUTOTUNE)
-    return batches.prefetch(AUTOTUNE).with_options(_options(deterministic=True))
+    return batches.prefetch(AUTOTUNE).with_options(_options())
 
 
 def verify_images(split: Split, *, mask_size_mismatch: str = "error") -> None:
     """Decodes every image and mask of `split` once.
 
     Raises:
-      DataError listing every file that does not decode (the decoders'
-      own errors do not name the file). About one training epoch of
-      decoding; worth it before a long run on new data.
+      DataError listing every file that cannot be read or decoded (the
+      datasets stop at the first one). About one epoch of decoding.
     """
-    read = _sample_reader(split, mask_size_mismatch)
+    reader = _SampleReader(split, mask_size_mismatch)
     n = len(split)
-    ok_ds = (tf.data.Dataset.range(n)
-             .map(lambda i: (i, tf.shape(read(i)[0])[0]), num_parallel_calls=AUTOTUNE)
-             .ignore_errors()
-             .map(lambda i, _: i))
+
+    def ok(i):
+        _, image_hw, mask_hw = reader.read(i)
+        same = tf.reduce_all(tf.equal(image_hw, mask_hw)) | (mask_size_mismatch == "resize")
+        return i, same
+
+    results = (tf.data.Dataset.range(n).map(ok, num_parallel_calls=AUTOTUNE)
+               .ignore_errors().batch(4096))
     good = np.zeros(n, bool)
-    for batch in ok_ds.batch(4096):
-        good[batch.numpy()] = True
-    bad = np.flatnonzero(~good)
-    if bad.size:
-        names = [f"{split.image_paths[i]} (mask {split.mask_paths[i]})" for i in bad[:5]]
-        raise DataError(f"{bad.size} of {n} images or their masks cannot be decoded: "
-                        f"{', '.join(names)}{', ...' if bad.size > 5 else ''}")
+    size_ok = np.ones(n, bool)
+    for index, same in results:
+        good[index.numpy()] = True
+        size_ok[index.numpy()] = same.numpy()
+    bad = [f"{split.image_paths[i]} (or its mask {split.mask_paths[i]})"
+           for i in np.flatnonzero(~good)]
+    bad += [f"{split.mask_paths[i]} (size differs from {split.image_paths[i]})"
+            for i in np.flatnonzero(good & ~size_ok)]
+    if bad:
+        raise DataError(f"{len(bad)} of {n} samples cannot be read or decoded: "
+                        f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}")

@@ -33,11 +33,12 @@ IMAGE_SCALE = 256.0            # the official code divides by 256, not 255
 MASK_MEAN = 127.5
 MASK_SCALE = 255.0
 
-# Per-channel affine map of the RGB-M input, applied as (x - mean) * scale:
-# one subtract and one multiply over the 4-channel tensor (1/256 is exact in
-# float32; 1/255 differs from a division by at most one ulp).
+# Per-channel affine map of the RGB-M input, (x - mean) * scale, applied as
+# x * scale - mean * scale (within an ulp or two of the division).
 _RGBM_MEAN = RGB_MEAN + (MASK_MEAN,)
 _RGBM_SCALE = (1.0 / IMAGE_SCALE,) * 3 + (1.0 / MASK_SCALE,)
+_ROW_SCALE = _RGBM_SCALE * IMAGE_WIDTH
+_ROW_OFFSET = tuple(-m * s for m, s in zip(_RGBM_MEAN, _RGBM_SCALE)) * IMAGE_WIDTH
 
 MirrorLike = Union[bool, tf.Tensor]
 
@@ -54,33 +55,46 @@ def resize_to_input(pixels: tf.Tensor) -> tf.Tensor:
       the training pipeline.
     """
     pixels = tf.convert_to_tensor(pixels)
-    static_hw = pixels.shape[-3:-1]
-    if pixels.dtype == tf.uint8 and tuple(static_hw) == IMAGE_SIZE:
+    if pixels.dtype == tf.uint8 and tuple(pixels.shape[-3:-1]) == IMAGE_SIZE:
         return pixels
-    # Half-pixel-centre bilinear without antialiasing is what cv2.resize
-    # (INTER_LINEAR), used by the official data layer, computes.
-    resized = tf.image.resize(tf.cast(pixels, tf.float32), IMAGE_SIZE,
-                              method="bilinear", antialias=False)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+    if pixels.dtype not in (tf.uint8, tf.float32):
+        pixels = tf.cast(pixels, tf.float32)
+    rank3 = pixels.shape.rank == 3
+    batch = pixels[tf.newaxis] if rank3 else pixels
+    # Half-pixel-centre bilinear without antialiasing: what cv2.resize
+    # (INTER_LINEAR, the official data layer) and tf.image.resize compute.
+    # The raw op takes uint8 directly and skips tf.image.resize's shape
+    # checks, which matter at thousands of small images per second.
+    resized = tf.raw_ops.ResizeBilinear(images=batch, size=IMAGE_SIZE,
+                                        half_pixel_centers=True)
+    # Round half up; a convex combination of 0..255 needs no clipping, but a
+    # float input might hold anything.
+    if pixels.dtype == tf.uint8:
+        out = tf.cast(resized + 0.5, tf.uint8)
+    else:
+        out = tf.saturate_cast(resized + 0.5, tf.uint8)
+    return out[0] if rank3 else out
 
 
-def _mirror(x: tf.Tensor, mirror: MirrorLike) -> tf.Tensor:
-    """Flips x [..., H, W, C] left-right where `mirror` is true.
+def _mirror_packed(rgbm_u8: tf.Tensor, mirror: MirrorLike) -> tf.Tensor:
+    """Flips uint8 [..., H, W, 4] left-right where `mirror` is true.
 
     `mirror` is a Python bool (decided while tracing), a bool scalar tensor
     (whole input) or, for rank-4 input, a bool [B] tensor (one flag per
     sample: the training pipeline mirrors whole batches this way).
     """
+    # Seen as one uint32 per pixel, the flip and the select move 4-byte
+    # words instead of broadcasting over a 4-wide channel axis (10x faster).
+    words = tf.bitcast(rgbm_u8, tf.uint32)                  # [..., H, W]
     if isinstance(mirror, bool):
-        return tf.reverse(x, axis=[-2]) if mirror else x
+        return tf.bitcast(tf.reverse(words, axis=[-1]), tf.uint8) if mirror else rgbm_u8
     mirror = tf.convert_to_tensor(mirror)
     if mirror.dtype != tf.bool:
         raise TypeError(f"mirror must be a bool or a bool tensor, got {mirror.dtype}")
-    flipped = tf.reverse(x, axis=[-2])
     if mirror.shape.rank == 1:
-        # One flag per sample: broadcast over height, width and channels.
-        mirror = tf.reshape(mirror, [-1, 1, 1, 1])
-    return tf.where(mirror, flipped, x)
+        # One flag per sample: broadcast over height and width.
+        mirror = tf.reshape(mirror, [-1, 1, 1])
+    return tf.bitcast(tf.where(mirror, tf.reverse(words, axis=[-1]), words), tf.uint8)
 
 
 def preprocess(image: tf.Tensor, mask: tf.Tensor,
@@ -102,18 +116,41 @@ def preprocess(image: tf.Tensor, mask: tf.Tensor,
        "attention_target": float32 [..., 40, 16, 1] = mask resized to 40x16
          (bilinear, from the 160x64 mask) / 255, in 0..1}
     """
-    image = resize_to_input(image)
-    mask = resize_to_input(mask)
+    packed = tf.concat([resize_to_input(image), resize_to_input(mask)], axis=-1)
+    return preprocess_packed(packed, mirror)
+
+
+def preprocess_packed(rgbm_u8: tf.Tensor, mirror: MirrorLike = False) -> dict[str, tf.Tensor]:
+    """`preprocess` of image and mask already resized and stacked.
+
+    The input pipeline keeps each sample as one uint8 [160, 64, 4] tensor
+    (RGB + mask), which halves the tensors it batches and caches; this is
+    the second half of `preprocess`, shared by both.
+
+    Args:
+      rgbm_u8: uint8 [..., 160, 64, 4], rank 3 or 4.
+      mirror: as in `preprocess`.
+
+    Returns:
+      The dict of `preprocess`.
+    """
     # Mirroring the 4-channel uint8 tensor once flips image and mask together
     # and touches a quarter of the bytes the float tensor would.
-    rgbm_u8 = _mirror(tf.concat([image, mask], axis=-1), mirror)
-    rgbm = (tf.cast(rgbm_u8, tf.float32) - tf.constant(_RGBM_MEAN)) * tf.constant(_RGBM_SCALE)
+    rgbm_u8 = _mirror_packed(rgbm_u8, mirror)
+    # (x - mean) * scale as x * scale + offset over rows of W * 4 values: a
+    # 256-wide broadcast runs ~3x faster than one over the 4-wide channels.
+    rows = tf.reshape(tf.cast(rgbm_u8, tf.float32), [-1, IMAGE_WIDTH * 4])
+    rows = rows * tf.constant(_ROW_SCALE) + tf.constant(_ROW_OFFSET)
+    rgbm = tf.reshape(rows, tf.shape(rgbm_u8))
+    rgbm.set_shape(rgbm_u8.shape)
     # The target comes from the (possibly mirrored) 160x64 mask; a 4x
     # bilinear reduction with half-pixel centres commutes with the flip.
-    mask_f = tf.cast(rgbm_u8[..., 3:], tf.float32)
-    target = tf.image.resize(mask_f, ATTENTION_SIZE, method="bilinear",
-                             antialias=False) * (1.0 / MASK_SCALE)
-    return {"rgbm": rgbm, "attention_target": target}
+    mask = rgbm_u8[..., 3:]
+    rank3 = mask.shape.rank == 3
+    target = tf.raw_ops.ResizeBilinear(images=mask[tf.newaxis] if rank3 else mask,
+                                       size=ATTENTION_SIZE, half_pixel_centers=True)
+    target = target * (1.0 / MASK_SCALE)
+    return {"rgbm": rgbm, "attention_target": target[0] if rank3 else target}
 
 
 def decode_image(contents: tf.Tensor) -> tf.Tensor:

@@ -154,19 +154,24 @@ def test_full_body_mask_when_none(tmp_path):
     assert batch[1, 0, -1, 3] == pytest.approx(-0.5)
 
 
-def _expect_named_error(split, path, fragment):
-    with pytest.raises(tf.errors.InvalidArgumentError) as info:
-        next(iter(pipeline.eval_dataset(split, 2)))
-    message = str(info.value)
-    assert "mgcam_tf: cannot decode" in message and str(path) in message
-    assert fragment in message
+def _expect_named_error(split, path, fragment="cannot read or decode"):
+    """Every builder stops with an error that names the bad file."""
+    for ds in (pipeline.eval_dataset(split, 2),
+               pipeline.train_dataset(split, 2, seed=0, repeat=False),
+               pipeline.train_dataset(split, 2, seed=0, cache=True)):
+        with pytest.raises(tf.errors.InvalidArgumentError) as info:
+            list(ds.take(3))
+        message = str(info.value)
+        assert "mgcam_tf:" in message and str(path) in message, message
+        assert fragment in message
 
 
 def test_zero_byte_jpeg_names_the_file(tmp_path):
     _, _, (ip, mp) = _asymmetric_sample(tmp_path)
     bad = tmp_path / "empty.jpg"
     bad.write_bytes(b"")
-    _expect_named_error(_split_of([ip, bad], [mp, mp], [0, 1]), bad, "image")
+    _expect_named_error(_split_of([ip, bad], [mp, mp], [0, 1]), bad)
+    _expect_named_error(_split_of([bad, ip, ip], [mp, mp, mp], [0, 1, 2]), bad)
 
 
 def test_truncated_jpeg_names_the_file(tmp_path):
@@ -174,20 +179,21 @@ def test_truncated_jpeg_names_the_file(tmp_path):
     data = tf.io.encode_jpeg(np.full((160, 64, 3), 128, np.uint8)).numpy()
     bad = tmp_path / "cut.jpg"
     bad.write_bytes(data[: len(data) // 2])
-    _expect_named_error(_split_of([bad], [mp], [0]), bad, "cut short")
+    _expect_named_error(_split_of([ip, bad], [mp, mp], [0, 1]), bad)
 
 
 def test_not_an_image_names_the_file(tmp_path):
     _, _, (ip, mp) = _asymmetric_sample(tmp_path)
     bad = tmp_path / "page.jpg"
     bad.write_bytes(b"<html>404 not found</html>")
-    _expect_named_error(_split_of([bad], [mp], [0]), bad, "not a JPEG")
+    _expect_named_error(_split_of([bad, ip], [mp, mp], [0, 1]), bad, "not a JPEG")
     bad_mask = tmp_path / "mask.png"
     bad_mask.write_bytes(b"")
-    _expect_named_error(_split_of([ip], [bad_mask], [0]), bad_mask, "mask")
+    _expect_named_error(_split_of([ip, ip], [mp, bad_mask], [0, 1]), bad_mask)
+    _expect_named_error(_split_of([ip], [tmp_path / "gone.png"], [0]), "gone.png")
 
 
-def test_corrupt_middle_found_by_verify_images(tmp_path):
+def test_corrupt_middle_names_the_file(tmp_path):
     _, _, (ip, mp) = _asymmetric_sample(tmp_path)
     data = bytearray(tf.io.encode_jpeg(
         np.random.default_rng(0).integers(0, 255, (160, 64, 3), np.uint8)).numpy())
@@ -195,6 +201,7 @@ def test_corrupt_middle_found_by_verify_images(tmp_path):
     bad = tmp_path / "noise.jpg"
     bad.write_bytes(bytes(data))
     split = _split_of([ip, bad, ip], [mp, mp, mp], [0, 1, 2])
+    _expect_named_error(split, bad)
     with pytest.raises(DataError, match=r"1 of 3 .*noise\.jpg"):
         pipeline.verify_images(split)
     pipeline.verify_images(_split_of([ip], [mp], [0]))   # no error
@@ -205,7 +212,9 @@ def test_mask_size_mismatch(tmp_path):
     small = tmp_path / "small_mask.png"
     small.write_bytes(tf.io.encode_png(np.full((80, 32, 1), 255, np.uint8)).numpy())
     split = _split_of([ip], [small], [0])
-    _expect_named_error(split, small, "differs from its image")
+    _expect_named_error(split, small, "has size")
+    with pytest.raises(DataError, match=r"small_mask\.png \(size differs"):
+        pipeline.verify_images(split)
     ds = pipeline.eval_dataset(split, 1, mask_size_mismatch="resize")
     np.testing.assert_allclose(next(iter(ds))["rgbm"][0, ..., 3].numpy(), 0.5)
 
