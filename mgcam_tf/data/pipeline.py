@@ -27,6 +27,7 @@ listing every bad file at once.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from typing import Optional, Union
 
@@ -150,11 +151,12 @@ def _seed_stream(seed: int) -> tf.data.Dataset:
     return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
 
-def _finish(samples: tf.data.Dataset, batch_size: int, drop_remainder: bool,
+def _finish(samples: tf.data.Dataset, batch_size: Optional[int], drop_remainder: bool,
             mirror: bool, seed: int) -> tf.data.Dataset:
-    """(packed, pid) samples -> batches of (x, y), mirrored per sample."""
-    batches = samples.batch(batch_size, drop_remainder=drop_remainder,
-                            num_parallel_calls=AUTOTUNE)
+    """(packed, pid) samples -> batches of (x, y), mirrored per sample.
+    batch_size None: `samples` already holds batches."""
+    batches = samples if batch_size is None else samples.batch(
+        batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
     batches = tf.data.Dataset.zip((batches, _seed_stream(seed + 1))).map(
         lambda sample, batch_seed: _batch_to_xy(
             *sample, _mirror_flags(batch_seed, tf.shape(sample[1])[0], mirror)),
@@ -264,6 +266,189 @@ def train_dataset(split: Split, batch_size: int, *, seed: int, shuffle: bool = T
         if repeat:
             samples = samples.repeat()
     return _finish(samples, batch_size, drop_remainder, mirror, seed)
+
+
+class _IdTable:
+    """Images grouped by id, for sampling by identity in TF ops."""
+
+    def __init__(self, split: Split):
+        pids = np.asarray(split.pids)
+        order = np.argsort(pids, kind="stable")
+        ids, starts, counts = np.unique(pids[order], return_index=True, return_counts=True)
+        self.num_ids = len(ids)
+        self.max_count = int(counts.max())
+        self.order = tf.constant(order.astype(np.int64))
+        self.starts = tf.constant(starts.astype(np.int64))
+        self.counts = tf.constant(counts.astype(np.int64))
+        self.counts_np = counts
+        # Ids with two images or more can form a positive pair.
+        self.pairable = tf.constant(np.flatnonzero(counts >= 2).astype(np.int64))
+        self.num_pairable = int((counts >= 2).sum())
+
+    def image_of(self, ids: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        """A random image index of each id (same shape as ids)."""
+        return self.offset_image(ids, _randint(tf.shape(ids), seed))
+
+    def offset_image(self, ids: tf.Tensor, draws: tf.Tensor) -> tf.Tensor:
+        """Image number draws % count of each id, as a file index."""
+        counts = tf.gather(self.counts, ids)
+        return tf.gather(self.order, tf.gather(self.starts, ids) + tf.math.floormod(draws, counts))
+
+
+def _randint(shape, seed: tf.Tensor) -> tf.Tensor:
+    """Non-negative int64 draws (use with floormod; the bias is < 2**-40)."""
+    return tf.random.stateless_uniform(shape, seed=seed, minval=0, maxval=2**62,
+                                       dtype=tf.int64)
+
+
+def _chunks(seed: int, batch_size: int, make: "callable") -> tf.data.Dataset:
+    """Endless stream of file-index chunks of whole batches: [M * batch_size].
+
+    Each chunk is decoded as one finite, checked stream (a failing file is
+    named); chunks of ~4096 samples make the restart between them cheap.
+    """
+    batches_per_chunk = max(1, 4096 // batch_size)
+    return _seed_stream(seed).map(lambda s: tf.reshape(make(s, batches_per_chunk), [-1]))
+
+
+def _cached_batches(reader: "_SampleReader", split: Split, cache: str,
+                    index_batches: tf.data.Dataset) -> tf.data.Dataset:
+    """Batches gathered from all samples decoded once into memory.
+
+    Pair and P x K batches pick files at random, which a tf.data cache
+    (sequential) cannot serve; so with a cache the split is decoded once
+    (through the file cache when `cache` is a path) into one uint8
+    [N, 160, 64, 4] tensor (40 KB per sample) and batches are gathered.
+    """
+    samples = reader.stream(tf.range(len(split), dtype=tf.int64))
+    if cache:
+        samples = samples.cache(_cache_path(cache, split))
+    packed = np.concatenate([p.numpy() for p, _ in samples.batch(1024)])
+    table = tf.constant(packed)
+    return index_batches.map(lambda idx: (tf.gather(table, idx), tf.gather(reader.pids, idx)),
+                             num_parallel_calls=AUTOTUNE)
+
+
+def pair_dataset(split: Split, pairs_per_batch: int, *, positive_fraction: float = 0.3,
+                 seed: int, mirror: bool = True, cache: CacheLike = None,
+                 mask_size_mismatch: str = "error") -> tf.data.Dataset:
+    """Stage-2 (Siamese) batches of image pairs, without end.
+
+    Sample 2i pairs with sample 2i + 1 (ARCHITECTURE.md: interleaved, so a
+    batch split across replicas keeps its pairs). Each batch holds exactly
+    ceil(positive_fraction * pairs_per_batch) positive pairs (same id: an id
+    with two images or more, then two different images of it) and the rest
+    negative (two different ids, each drawn uniformly, then an image of
+    each), in random slots. The trainer derives positives from y["pid"].
+
+    Args:
+      split: the training split.
+      pairs_per_batch: P; batches hold B = 2P samples.
+      positive_fraction: 0..1, the least fraction of positive pairs (SPEC §4:
+        at least 30 %).
+      seed: makes the batches and flips repeatable.
+      mirror: random horizontal mirror per sample, p = 0.5.
+      cache: as in `train_dataset`, but any cache decodes the whole split
+        into memory first (see `_cached_batches`).
+      mask_size_mismatch: as in `train_dataset`.
+
+    Returns:
+      tf.data.Dataset of (x, y) as `train_dataset`, batch 2P.
+    """
+    if pairs_per_batch < 1:
+        raise ConfigError(f"pairs_per_batch must be >= 1, got {pairs_per_batch}")
+    if not 0.0 <= positive_fraction <= 1.0:
+        raise ConfigError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
+    reader = _SampleReader(split, mask_size_mismatch)
+    table = _IdTable(split)
+    n_pos = int(math.ceil(positive_fraction * pairs_per_batch - 1e-9))
+    n_neg = pairs_per_batch - n_pos
+    if n_pos and not table.num_pairable:
+        raise DataError("pair batches need positive pairs, but no id of the split has "
+                        "two images")
+    if n_neg and table.num_ids < 2:
+        raise DataError("pair batches need negative pairs, but the split has one id")
+
+    def make(s: tf.Tensor, m: int) -> tf.Tensor:
+        seeds = tf.random.experimental.stateless_split(s, num=7)
+        # Positive pairs: an id with >= 2 images, two different images of it.
+        ids = tf.gather(table.pairable, tf.math.floormod(
+            _randint([m, n_pos], seeds[0]), table.num_pairable))
+        counts = tf.gather(table.counts, ids)
+        first = _randint([m, n_pos], seeds[1])
+        second = first + 1 + tf.math.floormod(_randint([m, n_pos], seeds[2]),
+                                              tf.maximum(counts - 1, 1))
+        positives = tf.stack([table.offset_image(ids, first),
+                              table.offset_image(ids, second)], axis=-1)
+        # Negative pairs: two different ids.
+        id_a = tf.math.floormod(_randint([m, n_neg], seeds[3]), table.num_ids)
+        id_b = tf.math.floormod(id_a + 1 + tf.math.floormod(
+            _randint([m, n_neg], seeds[4]), max(table.num_ids - 1, 1)), table.num_ids)
+        negatives = tf.stack([table.image_of(id_a, seeds[5]),
+                              table.image_of(id_b, seeds[6])], axis=-1)
+        pairs = tf.concat([positives, negatives], axis=1)           # [m, P, 2]
+        # Random slots, so positives are not always first.
+        slots = tf.argsort(tf.random.stateless_uniform([m, pairs_per_batch], seed=s), axis=-1)
+        return tf.gather(pairs, slots, batch_dims=1)
+
+    return _sampled(reader, split, 2 * pairs_per_batch, make, seed, mirror, cache)
+
+
+def pk_dataset(split: Split, p: int, k: int, *, seed: int, mirror: bool = True,
+               cache: CacheLike = None, mask_size_mismatch: str = "error") -> tf.data.Dataset:
+    """P x K batches, without end: P different ids, K images of each.
+
+    Samples p*K .. p*K + K - 1 of a batch share an id. An id with K images
+    or more gives K different ones; one with fewer is sampled with
+    replacement.
+
+    Args:
+      split: the training split; it needs at least P ids.
+      p, k: identities per batch and images per identity (B = P * K).
+      seed, mirror, cache, mask_size_mismatch: as in `pair_dataset`.
+
+    Returns:
+      tf.data.Dataset of (x, y) as `train_dataset`, batch P * K.
+    """
+    if p < 1 or k < 1:
+        raise ConfigError(f"p and k must be >= 1, got p={p}, k={k}")
+    reader = _SampleReader(split, mask_size_mismatch)
+    table = _IdTable(split)
+    if table.num_ids < p:
+        raise DataError(f"P x K batches need p={p} different ids, but the split has "
+                        f"{table.num_ids}")
+
+    def make(s: tf.Tensor, m: int) -> tf.Tensor:
+        seeds = tf.random.experimental.stateless_split(s, num=3)
+        # P different ids per batch: the P smallest of random keys.
+        _, ids = tf.math.top_k(tf.random.stateless_uniform([m, table.num_ids], seed=seeds[0]), p)
+        ids = tf.cast(ids, tf.int64)                                   # [m, p]
+        counts = tf.gather(table.counts, ids)[..., tf.newaxis]         # [m, p, 1]
+        # Without replacement: the K largest random keys among the id's images.
+        keys = tf.random.stateless_uniform([m, p, table.max_count], seed=seeds[1])
+        valid = tf.range(table.max_count, dtype=tf.int64) < counts
+        _, distinct = tf.math.top_k(tf.where(valid, keys, -1.0), min(k, table.max_count))
+        distinct = tf.cast(distinct, tf.int64)
+        if k > table.max_count:
+            distinct = tf.concat([distinct, tf.zeros([m, p, k - table.max_count], tf.int64)], -1)
+        repeated = _randint([m, p, k], seeds[2])
+        offsets = tf.where(counts >= k, distinct, repeated)
+        ids = tf.broadcast_to(ids[..., tf.newaxis], [m, p, k])
+        return table.offset_image(ids, offsets)
+
+    return _sampled(reader, split, p * k, make, seed, mirror, cache)
+
+
+def _sampled(reader: "_SampleReader", split: Split, batch_size: int, make, seed: int,
+             mirror: bool, cache: CacheLike) -> tf.data.Dataset:
+    chunks = _chunks(seed, batch_size, make)
+    cache = _cache_mode(cache)
+    if cache is None:
+        samples = chunks.flat_map(reader.stream)
+        return _finish(samples, batch_size, True, mirror, seed)
+    index_batches = chunks.map(lambda c: tf.reshape(c, [-1, batch_size])).unbatch()
+    return _finish(_cached_batches(reader, split, cache, index_batches), None, True,
+                   mirror, seed)
 
 
 def eval_dataset(split: Split, batch_size: int, *,

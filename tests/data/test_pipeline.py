@@ -240,3 +240,86 @@ def test_bad_arguments(market):
         pipeline.train_dataset(market.train, 0, seed=0)
     with pytest.raises(ConfigError, match="mask_size_mismatch"):
         pipeline.eval_dataset(market.query, 4, mask_size_mismatch="crop")
+
+
+def test_pair_batches_interleaved_with_enough_positives(market):
+    ds = pipeline.pair_dataset(market.train, 10, positive_fraction=0.3, seed=4)
+    for x, y in ds.take(4):
+        pid = y["pid"].numpy()
+        assert x["rgbm"].shape == (20, 160, 64, 4) and set(y) == {"pid", "attention_target"}
+        positive = pid[0::2] == pid[1::2]          # sample 2i pairs with 2i + 1
+        assert positive.mean() >= 0.3
+        assert positive.sum() == 3                 # ceil(0.3 * 10), the rest negative
+    all_positive = pipeline.pair_dataset(market.train, 4, positive_fraction=1.0, seed=0)
+    _, y = next(iter(all_positive))
+    assert (y["pid"].numpy()[0::2] == y["pid"].numpy()[1::2]).all()
+
+
+def test_positive_pairs_are_two_different_images(tmp_path):
+    # Two ids of two images each, every image a different constant colour.
+    paths, masks = [], []
+    for i in range(4):
+        image = np.full((160, 64, 3), 40 * i, np.uint8)
+        ip, mp = _write_sample(tmp_path, f"s{i}", image, np.full((160, 64, 1), 255, np.uint8))
+        paths.append(ip)
+        masks.append(mp)
+    split = _split_of(paths, masks, [0, 0, 1, 1])
+    ds = pipeline.pair_dataset(split, 6, positive_fraction=1.0, seed=1, mirror=False)
+    x, _ = next(iter(ds))
+    colours = x["rgbm"].numpy()[:, 0, 0, 0]
+    assert (colours[0::2] != colours[1::2]).all()
+
+
+def test_pk_batch_structure(market):
+    ds = pipeline.pk_dataset(market.train, 4, 3, seed=0)
+    for x, y in ds.take(3):
+        pid = y["pid"].numpy().reshape(4, 3)
+        assert x["rgbm"].shape == (12, 160, 64, 4)
+        assert (pid == pid[:, :1]).all()           # K images of one id in a row
+        assert len(set(pid[:, 0])) == 4            # P different ids
+    with pytest.raises(DataError, match="p=17 different ids"):
+        pipeline.pk_dataset(market.train, 17, 2, seed=0)
+
+
+def test_pk_distinct_images_when_enough(tmp_path):
+    paths, masks = [], []
+    for i in range(6):
+        ip, mp = _write_sample(tmp_path, f"s{i}", np.full((160, 64, 3), 30 * i, np.uint8),
+                               np.full((160, 64, 1), 255, np.uint8))
+        paths.append(ip)
+        masks.append(mp)
+    # id 0 has 4 images (K = 3 distinct), id 1 has 2 (sampled with replacement).
+    split = _split_of(paths, masks, [0, 0, 0, 0, 1, 1])
+    ds = pipeline.pk_dataset(split, 2, 3, seed=3, mirror=False)
+    for x, y in ds.take(5):
+        colours = x["rgbm"].numpy()[:, 0, 0, 0].reshape(2, 3)
+        pid = y["pid"].numpy().reshape(2, 3)
+        for row, ids in zip(colours, pid):
+            if ids[0] == 0:
+                assert len(set(row)) == 3
+
+
+def test_pair_and_pk_seeded_and_cached(market):
+    def pids(ds):
+        return [y["pid"].numpy() for _, y in ds.take(3)]
+
+    for make in (lambda **kw: pipeline.pair_dataset(market.train, 6, seed=9, **kw),
+                 lambda **kw: pipeline.pk_dataset(market.train, 3, 2, seed=9, **kw)):
+        a, b, c = pids(make()), pids(make()), pids(make(cache="memory"))
+        for pa, pb, pc in zip(a, b, c):
+            np.testing.assert_array_equal(pa, pb)
+            np.testing.assert_array_equal(pa, pc)   # the cache changes nothing drawn
+        x_plain, _ = next(iter(make(mirror=False)))
+        x_cached, _ = next(iter(make(mirror=False, cache=True)))
+        np.testing.assert_array_equal(x_plain["rgbm"].numpy(), x_cached["rgbm"].numpy())
+
+
+def test_pair_bad_arguments(market):
+    with pytest.raises(ConfigError, match="positive_fraction"):
+        pipeline.pair_dataset(market.train, 4, positive_fraction=1.5, seed=0)
+    one_id = _split_of(market.train.image_paths[:2], market.train.mask_paths[:2], [0, 0])
+    with pytest.raises(DataError, match="one id"):
+        pipeline.pair_dataset(one_id, 4, seed=0)
+    singles = _split_of(market.train.image_paths[:3], market.train.mask_paths[:3], [0, 1, 2])
+    with pytest.raises(DataError, match="two images"):
+        pipeline.pair_dataset(singles, 4, seed=0)
