@@ -188,8 +188,10 @@ def _cache_path(cache: str, split: Split) -> str:
     """`cache` plus a digest of the file list, so that a cache file is never
     read back for a different list of files (tf.data would do so silently).
 
-    tf.data writes the cache under temporary names and renames them when a
-    pass completes, so an interrupted run leaves no half cache behind.
+    tf.data writes the cache under a temporary name (`*.tempstate*`) and
+    renames it when a pass completes, so an interrupted run never leaves a
+    half cache that reads as complete; it only discards a pass that was not
+    read to its end.
     """
     digest = hashlib.sha1("\n".join(split.image_paths).encode()
                           + b"\0" + "\n".join(m or "" for m in split.mask_paths).encode())
@@ -197,6 +199,14 @@ def _cache_path(cache: str, split: Split) -> str:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise ConfigError(f"cache: folder {parent} does not exist")
+    # tf.data leaves its lock file behind when a run dies while writing the
+    # cache, and the next run would fail deep inside the iterator.
+    lockfile = f"{path}_0.lockfile"
+    if os.path.exists(lockfile):
+        raise ConfigError(
+            f"cache: {lockfile} exists: another run is writing this cache, or one "
+            f"stopped while writing it; if no other run uses it, delete it and "
+            f"{path}_0.data-*.tempstate*")
     return path
 
 

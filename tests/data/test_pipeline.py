@@ -143,6 +143,15 @@ def test_file_cache_writes_named_file(tmp_path, market):
     assert sorted(np.concatenate(first).tolist()) == sorted(np.concatenate(second).tolist())
     with pytest.raises(ConfigError, match="does not exist"):
         pipeline.train_dataset(market.train, 16, seed=0, cache=str(tmp_path / "no" / "c"))
+    # A run killed while writing leaves tf.data's lock file: a clear error now.
+    index = next(f for f in files if f.endswith(".index"))
+    lockfile = prefix.parent / (index[: -len(".index")] + "_0.lockfile")
+    other = tmp_path / "other"
+    other.mkdir()
+    stale = other / lockfile.name
+    stale.write_text("Created at: 0")
+    with pytest.raises(ConfigError, match=r"_0\.lockfile exists"):
+        pipeline.train_dataset(market.train, 16, seed=0, cache=str(other / "train"))
 
 
 def test_full_body_mask_when_none(tmp_path):
