@@ -123,35 +123,59 @@ def load_npz(path: str, need_train: bool, need_paths: bool) -> dict:
 
 
 class _SavedModelFeatures:
-    """Calls a SavedModel's serving_default on rgbm batches and returns its feature output."""
+    """Feeds rgbm batches to an exported SavedModel and returns its feature output.
+
+    `mgcam_tf.export` writes a `serving_rgbm` signature (input `rgbm` float32
+    [N, 160, 64, 4], output `embedding`) beside `serving_default` (uint8 image
+    and mask): the evaluation pipeline already yields preprocessed rgbm, so
+    any signature with such an input is used, `serving_rgbm` first.
+    """
 
     def __init__(self, path: str):
         import tensorflow as tf
 
         from mgcam_tf.errors import ConfigError
 
-        if not os.path.isdir(path):
-            raise ConfigError(f"--saved_model={path}: folder not found")
+        path = self._resolve(path)
         try:
             self.loaded = tf.saved_model.load(path)
         except (OSError, ValueError, tf.errors.OpError) as err:
             raise ConfigError(f"--saved_model={path}: cannot load ({str(err).splitlines()[0]})") \
                 from None
-        if "serving_default" not in self.loaded.signatures:
-            raise ConfigError(f"--saved_model={path}: no serving_default signature")
-        self.fn = self.loaded.signatures["serving_default"]
-        _, inputs = self.fn.structured_input_signature
-        self.input_name = None
-        for name, spec in inputs.items():
-            shape = spec.shape.as_list()
-            if spec.dtype == tf.float32 and len(shape) == 4 and shape[1:] == [160, 64, 4]:
-                self.input_name = name
-        if self.input_name is None:
-            found = ", ".join(f"{n} {s.dtype.name} {s.shape}" for n, s in inputs.items())
+        names = sorted(self.loaded.signatures, key=lambda n: (n != "serving_rgbm", n))
+        found = []
+        self.fn = self.input_name = None
+        for name in names:
+            fn = self.loaded.signatures[name]
+            _, inputs = fn.structured_input_signature
+            for arg, spec in inputs.items():
+                found.append(f"{name}({arg} {spec.dtype.name} {spec.shape})")
+            if len(inputs) == 1:
+                (arg, spec), = inputs.items()
+                if spec.dtype == tf.float32 and spec.shape.as_list()[1:] == [160, 64, 4]:
+                    self.fn, self.input_name = fn, arg
+                    break
+        if self.fn is None:
             raise ConfigError(
-                f"--saved_model={path}: serving_default takes {found}; mgcam-eval feeds the "
-                "preprocessed float32 rgbm batch [B, 160, 64, 4] (export with that input, or "
-                "evaluate the --model_dir)")
+                f"--saved_model={path}: no signature takes the preprocessed rgbm batch "
+                f"float32 [N, 160, 64, 4] (found {', '.join(found) or 'no signature'}); "
+                "export with mgcam_tf.export, or evaluate the --model_dir")
+
+    @staticmethod
+    def _resolve(path: str) -> str:
+        """An export base (folders 1, 2, ...) means its newest version."""
+        from mgcam_tf.errors import ConfigError
+
+        if not os.path.isdir(path):
+            raise ConfigError(f"--saved_model={path}: folder not found")
+        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+            return path
+        versions = [int(v) for v in os.listdir(path)
+                    if v.isdigit() and os.path.isfile(os.path.join(path, v, "saved_model.pb"))]
+        if not versions:
+            raise ConfigError(f"--saved_model={path}: no saved_model.pb here nor in a "
+                              "numbered version folder")
+        return os.path.join(path, str(max(versions)))
 
     def __call__(self, x: dict):
         return self.fn(**{self.input_name: x["rgbm"]})

@@ -176,7 +176,11 @@ def rerank(query_features: np.ndarray, gallery_features: np.ndarray, *,
     nq, ng = q.shape[0], g.shape[0]
     if nq == 0 or ng == 0:
         raise DataError("rerank needs at least one query and one gallery item")
+    # Distances do not change under translation; centred features have smaller
+    # norms, hence smaller float32 cancellation errors in |a|^2 + |b|^2 - 2 a.b.
     x = np.concatenate([q, g])
+    x -= x.mean(axis=0)
+    q, g = x[:nq], x[nq:]
     n = x.shape[0]
     kk = min(n, max(k1 + 1, k2))
     if k1 + 1 > n:

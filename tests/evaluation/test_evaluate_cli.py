@@ -86,33 +86,80 @@ def test_one_line_errors(tmp_path):
     assert out.returncode == 1 and "exactly one of" in out.stderr
 
 
-def test_model_dir_on_real_images(tmp_path, shared_data):
-    """An (untrained) MSCAN model directory evaluated on market1501_mini, with every output."""
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory, shared_data):
+    """An untrained MSCAN model: a model directory, an export base, and in-process features."""
     import tensorflow as tf
 
     from mgcam_tf import training
+    from mgcam_tf.data import layouts
+    from mgcam_tf.evaluation import features
 
+    data_dir = shared_data / "market1501_mini"
+    root = tmp_path_factory.mktemp("untrained")
     config = training.ModelConfig(num_ids=16, architecture="mscan")
     model = config.build()
     model(tf.zeros([1, 160, 64, 4]), training=False)
-    training.prepare_model_dir(tmp_path / "run", config, {})
-    training.checkpoint_manager(tmp_path / "run", model).save()
-    out = run_cli(f"--model_dir={tmp_path / 'run'}",
-                  f"--data_dir={shared_data / 'market1501_mini'}", "--metric=euclidean",
-                  "--batch_size=16", f"--json_out={tmp_path / 'r.json'}",
-                  f"--ranked_png={tmp_path / 'ranked.png'}", "--ranked_queries=3",
-                  f"--save_features={tmp_path / 'feats.npz'}")
+    training.prepare_model_dir(root / "run", config, {})
+    training.checkpoint_manager(root / "run", model).save()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 160, 64, 4], tf.float32, name="rgbm")])
+    def serve_rgbm(rgbm):  # the signature mgcam_tf.export writes as serving_rgbm
+        return {"embedding": model(rgbm, training=False)["h_full"]}
+
+    module = tf.Module()
+    module.model = model
+    tf.saved_model.save(module, str(root / "export" / "3"),
+                        signatures={"serving_rgbm": serve_rgbm.get_concrete_function()})
+    dataset = layouts.load_dataset(str(data_dir))
+    query = features.split_features(model, dataset.query, batch_size=16)
+    gallery = features.split_features(model, dataset.gallery, batch_size=16)
+    dist = distances.compute_distances(query.features, gallery.features, "euclidean")
+    want = metrics.evaluate(dist, query.pids, query.camids, gallery.pids, gallery.camids)
+    return {"root": root, "data_dir": data_dir, "mAP": want.mAP, "rank1": want.rank(1)}
+
+
+def test_saved_model_export_base_on_real_images(untrained):
+    root = untrained["root"]
+    out = run_cli(f"--saved_model={root / 'export'}", f"--data_dir={untrained['data_dir']}",
+                  "--metric=euclidean", f"--json_out={root / 'sm.json'}",
+                  f"--ranked_png={root / 'ranked.png'}", "--ranked_queries=3",
+                  f"--save_features={root / 'feats.npz'}")
     assert out.returncode == 0, out.stderr
-    result = json.loads((tmp_path / "r.json").read_text())
+    result = json.loads((root / "sm.json").read_text())
     assert result["num_query"] == 32 and result["settings"]["dataset"] == "market1501"
-    feats = np.load(tmp_path / "feats.npz")
+    assert result["mAP"] == pytest.approx(untrained["mAP"], abs=1e-6)
+    assert result["rank1"] == pytest.approx(untrained["rank1"], abs=1e-9)
+    feats = np.load(root / "feats.npz")
     assert feats["query_features"].shape == (32, 128)
     assert feats["gallery_features"].shape == (32, 128)
-    # The saved features reproduce the numbers without the network.
-    again = run_cli(f"--features={tmp_path / 'feats.npz'}", "--metric=euclidean",
-                    f"--json_out={tmp_path / 'r2.json'}", f"--ranked_png={tmp_path / 'r2.png'}")
-    assert again.returncode == 0, again.stderr
-    result2 = json.loads((tmp_path / "r2.json").read_text())
-    assert result2["mAP"] == pytest.approx(result["mAP"], abs=1e-9)
-    png = tf.io.decode_png(tf.io.read_file(str(tmp_path / "ranked.png"))).numpy()
+    import tensorflow as tf
+    png = tf.io.decode_png(tf.io.read_file(str(root / "ranked.png"))).numpy()
     assert png.shape[0] == 3 * (128 + 16) + 4
+    # The saved features reproduce the numbers without the network.
+    again = run_cli(f"--features={root / 'feats.npz'}", "--metric=euclidean",
+                    f"--json_out={root / 'again.json'}", f"--ranked_png={root / 'r2.png'}")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((root / "again.json").read_text())["mAP"] == pytest.approx(result["mAP"])
+    out = run_cli(f"--saved_model={root}", f"--data_dir={untrained['data_dir']}")
+    assert out.returncode == 1 and "no saved_model.pb" in out.stderr.strip().splitlines()[-1]
+
+
+def test_model_dir_runs_on_real_images(untrained):
+    root = untrained["root"]
+    out = run_cli(f"--model_dir={root / 'run'}", f"--data_dir={untrained['data_dir']}",
+                  "--metric=euclidean", "--batch_size=16", f"--json_out={root / 'md.json'}")
+    assert out.returncode == 0, out.stderr
+    result = json.loads((root / "md.json").read_text())
+    assert result["num_query"] == 32 and 0.0 <= result["mAP"] <= 1.0
+
+
+@pytest.mark.xfail(strict=False, reason="training checkpoints hold only the stem and the "
+                   "full-stream heads, not the stages: load_trained_model returns partly "
+                   "random weights (reported to the training module's owner)")
+def test_model_dir_restores_the_trained_weights(untrained):
+    root = untrained["root"]
+    if not (root / "md.json").is_file():
+        test_model_dir_runs_on_real_images(untrained)
+    result = json.loads((root / "md.json").read_text())
+    assert result["mAP"] == pytest.approx(untrained["mAP"], abs=1e-6)
