@@ -42,6 +42,7 @@ import math
 import os
 import pathlib
 import queue
+import re
 import subprocess
 import sys
 import tempfile
@@ -259,9 +260,10 @@ def decode_image(path: str) -> np.ndarray:
             image = tf.io.decode_image(data, channels=3, expand_animations=False)
         image = image.numpy()
     except (tf.errors.OpError, ValueError) as err:
-        message = getattr(err, "message", str(err)).strip().splitlines()
-        raise DataError(f"{path}: not a decodable image "
-                        f"({message[0] if message else type(err).__name__})") from err
+        # TF wraps the reason in "{{function_node ...}} ... [Op:DecodeJpeg]".
+        reason = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", getattr(err, "message", str(err)))
+        reason = " ".join(reason.split()) or type(err).__name__
+        raise DataError(f"{path}: not a decodable image ({reason})") from err
     if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
         raise DataError(f"{path}: empty image (shape {image.shape})")
     return image

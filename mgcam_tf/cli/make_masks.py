@@ -1,0 +1,134 @@
+"""mgcam-masks: write the body mask of every image under a data set folder.
+
+  mgcam-masks --data_dir=/data/Market-1501
+  mgcam-masks --data_dir=/data/MARS --num_workers=4
+  mgcam-masks --data_dir=/data/mine --model_path=pose_landmark_full.tflite
+
+Every image folder `X` gets a mask folder `X_seg` with `NAME.png` (0 =
+background, 255 = body) for `NAME.jpg`; below a split folder the suffix goes
+on the split (MARS: `bbox_train/0001/` -> `bbox_train_seg/0001/`). Masks
+follow SPEC §8 (MediaPipe BlazePose-full). Masks already there are kept, so
+a killed run is resumed by running the same command again.
+
+On first use the model file is taken out of the `mediapipe==0.10.21` wheel
+(fetched with pip into --cache_dir, checked against its sha256); without
+network access, pass the file or the wheel with --model_path.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app, flags
+
+from mgcam_tf.cli.common import one_line_errors
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("data_dir", None, "Data set folder: every folder below it that holds "
+                    "images (.jpg, .jpeg, .png, .bmp) gets a `_seg` mask folder.")
+flags.DEFINE_string("model_path", "", "pose_landmark_full.tflite, or the mediapipe 0.10.21 "
+                    "wheel holding it. Empty: $MGCAM_MASK_MODEL, else fetched into --cache_dir.")
+flags.DEFINE_string("cache_dir", "", "Where the fetched model is kept (default "
+                    "$MGCAM_CACHE_DIR, else ~/.cache/mgcam_tf).")
+flags.DEFINE_integer("num_workers", 0, "Worker threads, each with its own interpreter; "
+                     "0: one per CPU core.", lower_bound=0)
+flags.DEFINE_bool("skip_bad_images", False, "Skip (and list) images that cannot be "
+                  "decoded instead of stopping at the first one.")
+flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+
+_BAD_LISTED = 10
+
+
+class _ProgressBar:
+    """A progress bar on stderr: redrawn in place on a terminal, a line per
+    10 % otherwise (logs stay short)."""
+
+    def __init__(self, total: int, enabled: bool = True, width: int = 30) -> None:
+        self.total, self.enabled, self.width = total, enabled, width
+        self.done = 0
+        self.tty = sys.stderr.isatty()
+        self.start = time.monotonic()
+        self._last_draw = 0.0
+        self._last_decile = -1
+        self._base: int | None = None
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self._base is None:
+            # The first call counts the masks already there: the rate and
+            # ETA are measured from here on.
+            self._base, self.start = self.done, time.monotonic()
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        finished = self.done >= self.total
+        if self.tty:
+            if finished or now - self._last_draw >= 0.2:
+                self._draw(now, end="\n" if finished else "")
+        else:
+            decile = self.done * 10 // max(self.total, 1)
+            if decile != self._last_decile:
+                self._last_decile = decile
+                self._draw(now, end="\n")
+
+    def _draw(self, now: float, end: str) -> None:
+        self._last_draw = now
+        frac = self.done / max(self.total, 1)
+        filled = int(round(frac * self.width))
+        elapsed = max(now - self.start, 1e-9)
+        rate = (self.done - (self._base or 0)) / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else 0.0
+        bar = "#" * filled + "." * (self.width - filled)
+        prefix = "\r" if self.tty else ""
+        print(f"{prefix}masks [{bar}] {self.done}/{self.total} "
+              f"{rate:.1f} img/s ETA {int(left) // 60}:{int(left) % 60:02d}",
+              end=end, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self.done < self.total:
+            print(file=sys.stderr, flush=True)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # Imported here so that --help and flag errors answer without loading TF.
+    from mgcam_tf import masks
+
+    images, mask_paths = masks.mask_jobs(FLAGS.data_dir)
+    folders = len({os.path.dirname(m) for m in mask_paths})
+    bad: list[tuple[str, Exception]] = []
+    bar = _ProgressBar(len(images), FLAGS.progress)
+    start = time.monotonic()
+    try:
+        written = masks.write_masks(
+            images, mask_paths, model_path=FLAGS.model_path or None,
+            num_workers=FLAGS.num_workers or None, progress=bar.update,
+            on_bad_image=(lambda path, err: bad.append((path, err)))
+            if FLAGS.skip_bad_images else None,
+            cache_dir=FLAGS.cache_dir or None)
+    finally:
+        bar.close()
+    seconds = time.monotonic() - start
+    existing = len(images) - written - len(bad)
+    for path, err in bad[:_BAD_LISTED]:
+        print(f"skipped: {err}", file=sys.stderr)
+    if len(bad) > _BAD_LISTED:
+        print(f"skipped: ... and {len(bad) - _BAD_LISTED} more", file=sys.stderr)
+    rate = f" ({written / seconds:.1f} images/s)" if written and seconds > 0 else ""
+    print(f"{written} masks written in {seconds:.1f} s{rate}, {existing} already there, "
+          f"{len(bad)} bad images skipped; {len(images)} images in {folders} mask folders "
+          f"under {FLAGS.data_dir}")
+
+
+def run():
+    """Console-script entry point of mgcam-masks."""
+    flags.mark_flag_as_required("data_dir")
+    app.run(one_line_errors(main))
+
+
+if __name__ == "__main__":
+    run()
