@@ -33,6 +33,24 @@ def test_fast_equals_dense_reference(seed, nq, ng, k1, k2, lam):
     np.testing.assert_allclose(big, fast, rtol=0, atol=1e-6)
 
 
+def test_exact_ties_follow_the_stable_order():
+    """Duplicated images: equal distances, broken by index in both implementations."""
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((60, 8))
+    x = np.concatenate([base, base[:30], base[10:20]])   # many exact duplicates
+    nq = 15
+    dense = rr.rerank_dense(rr.squared_euclidean(x, x), nq, k1=6, k2=3)
+    fast = rr.rerank(x[:nq], x[nq:], k1=6, k2=3, block_size=9)
+    np.testing.assert_allclose(fast, dense, rtol=0, atol=1e-5)
+
+
+def test_large_offset_features_stay_accurate():
+    rng = np.random.default_rng(8)
+    x = clustered(rng, 150) + 1000.0
+    dense = rr.rerank_dense(rr.squared_euclidean(x, x), 30)
+    np.testing.assert_allclose(rr.rerank(x[:30], x[30:]), dense, rtol=0, atol=1e-5)
+
+
 def test_progress_and_errors():
     rng = np.random.default_rng(0)
     q, g = rng.standard_normal((5, 8)), rng.standard_normal((30, 8))
