@@ -20,8 +20,9 @@ short, damaged and non-image files alike, at ~30 us per sample. A mask
 whose size differs from its image's stops it the same way ("mgcam_tf: mask
 <path> has size ... but its image <path> has ..."), unless
 `mask_size_mismatch="resize"` (resize both independently, as the official
-code does). `verify_images(split)` decodes a split once and raises DataError
-listing every bad file at once.
+code does). `data_error_from(exc)` turns such an error into a one-line
+DataError for the command-line layer; `verify_images(split)` decodes a split
+once and raises DataError listing every bad file at once.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from typing import Optional, Union
 
 import numpy as np
@@ -474,6 +476,31 @@ def eval_dataset(split: Split, batch_size: int, *,
         lambda packed, pid: {"rgbm": preprocess_packed(packed)["rgbm"]},
         num_parallel_calls=AUTOTUNE)
     return batches.prefetch(AUTOTUNE).with_options(_options())
+
+
+_ERROR_TAG = "mgcam_tf: "
+
+
+def data_error_from(error: BaseException) -> Optional[DataError]:
+    """The DataError behind a dataset's bad-file error, or None.
+
+    The datasets report a bad file from inside the tf.data runtime, so it
+    reaches the caller (e.g. `model.fit`) as tf.errors.InvalidArgumentError
+    with TF's decoration around it. For such an error this returns
+    DataError("cannot read or decode image <path> or its mask <path> (...)")
+    (or the mask-size message); for any other error, None. Use:
+
+        except tf.errors.InvalidArgumentError as exc:
+            raise (pipeline.data_error_from(exc) or exc) from exc
+    """
+    message = str(error)
+    start = message.find("[" + _ERROR_TAG)
+    if start < 0:
+        return None
+    line = message[start:].split("\n", 1)[0]
+    parts = re.findall(r"\[(.*?)\](?= \[|$|\s)", line)
+    text = " ".join(p.strip() for p in parts if p.strip()).replace("\\'", "'")
+    return DataError(text[len(_ERROR_TAG):] if text.startswith(_ERROR_TAG) else text)
 
 
 def verify_images(split: Split, *, mask_size_mismatch: str = "error") -> None:

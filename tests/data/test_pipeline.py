@@ -173,6 +173,12 @@ def _expect_named_error(split, path, fragment="cannot read or decode"):
         message = str(info.value)
         assert "mgcam_tf:" in message and str(path) in message, message
         assert fragment in message
+        # The one-line DataError the command-line layer prints.
+        error = pipeline.data_error_from(info.value)
+        assert isinstance(error, DataError) and str(path) in str(error)
+        assert "\n" not in str(error) and "assertion failed" not in str(error)
+        assert "\\'" not in str(error)
+    assert pipeline.data_error_from(ValueError("other")) is None
 
 
 def test_zero_byte_jpeg_names_the_file(tmp_path):
