@@ -126,8 +126,8 @@ _DUKE = _NamePattern(
     re.compile(r"^(?P<pid>-1|\d+)_c(?P<cam>\d+)_f\d+\.\w+$", re.I),
     "PPPP_cC_fFFFFFFF.jpg (DukeMTMC-reID, e.g. 0001_c2_f0046182.jpg)")
 _CUHK03 = _NamePattern(
-    re.compile(r"^(?P<pid>\d+)_c(?P<cam>\d+)(_\d+|s\d+_\d+_\d+)\.\w+$", re.I),
-    "PPPP_cC_N.png (CUHK03-NP, e.g. 0001_c1_1.png) or Market-1501 names")
+    re.compile(r"^(?P<pid>\d+)_c(?P<cam>\d+)[_s]\w*\.\w+$", re.I),
+    "PPPP_cC_*.png (CUHK03-NP, e.g. 0001_c1_1.png, or Market-1501 names)")
 _MARS = _NamePattern(
     re.compile(r"^(?P<pid>\d{4}|00-1)C(?P<cam>\d)T(?P<track>\d{4})F\d{3}\.\w+$", re.I),
     "PPPPCcTttttFfff.jpg (MARS, e.g. 0001C1T0001F001.jpg)")
