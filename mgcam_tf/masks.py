@@ -449,7 +449,7 @@ def letterbox_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return image
-    if height < h:
+    if height < h or width < w:
         return _resize_area_u8(image, height, width)
     return _resize_linear_u8(image, height, width)
 
