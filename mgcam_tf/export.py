@@ -161,7 +161,9 @@ def _network_outputs(model: Any, rgbm: tf.Tensor) -> dict[str, tf.Tensor]:
 
         outputs[OUTPUT_ATTENTION] = model.attention(
             [features, binary_mask_at_features(rgbm)])[2]
-    return outputs
+    # A model trained under a mixed-precision policy computes in float16 or
+    # bfloat16; the serving contract is float32 whatever the policy.
+    return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
 
 
 def has_attention_output(model: Any) -> bool:

@@ -14,8 +14,12 @@ on 127.0.0.1 only, on a free port, in daemon threads.
 
 from __future__ import annotations
 
+import atexit
 import base64
+import functools
 import json
+import shutil
+import tempfile
 import threading
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -274,3 +278,33 @@ class RestStandIn:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# ==================================================================================
+# One exported model per test process
+
+@functools.lru_cache(maxsize=None)
+def shared_export():
+    """(model, version folder): an MGCAM whose BatchNorm statistics are not the
+    identity, exported once per test process and shared by the test modules
+    (exporting costs several seconds)."""
+    import keras
+
+    from mgcam_tf import export, training
+
+    keras.utils.set_random_seed(0)
+    model = training.ModelConfig(num_ids=5).build()
+    perturb_batch_norm(model)
+    base = tempfile.mkdtemp(prefix="mgcam-shared-export-")
+    atexit.register(shutil.rmtree, base, True)
+    return model, export.export_saved_model(model, base, metadata={"model": {"num_ids": 5}})
+
+
+def perturb_batch_norm(model, seed: int = 0) -> None:
+    """Moving statistics away from (0, 1), so that a test sees them matter."""
+    rng = np.random.default_rng(seed)
+    for v in model.non_trainable_variables:
+        if "moving_mean" in v.path:
+            v.assign(rng.normal(0, 0.1, v.shape).astype("float32"))
+        elif "moving_variance" in v.path:
+            v.assign(rng.uniform(0.5, 2.0, v.shape).astype("float32"))

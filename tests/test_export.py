@@ -16,31 +16,16 @@ from mgcam_tf import export, training
 from mgcam_tf.data.preprocess import preprocess
 from mgcam_tf.errors import ConfigError
 
-from serving_standins import SignatureRunner
+from serving_standins import SignatureRunner, shared_export
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def make_model_dir(path: pathlib.Path, architecture: str = "mgcam", seed: int = 0):
-    """A model directory with one checkpoint of a freshly built model whose
-    BatchNorm statistics are not the identity (so that they matter).
-
-    Returns (model_dir, the model that was saved).
-    """
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    config = training.ModelConfig(num_ids=5, architecture=architecture)
-    model = config.build()
-    rng = np.random.default_rng(seed)
-    for v in model.non_trainable_variables:
-        if "moving_mean" in v.path:
-            v.assign(rng.normal(0, 0.1, v.shape).astype("float32"))
-        elif "moving_variance" in v.path:
-            v.assign(rng.uniform(0.5, 2.0, v.shape).astype("float32"))
-    training.prepare_model_dir(path, config, {})
+def make_model_dir(path: pathlib.Path, model) -> pathlib.Path:
+    """A model directory with one checkpoint of `model` (num_ids 5)."""
+    training.prepare_model_dir(path, training.ModelConfig(num_ids=5), {})
     training.checkpoint_manager(path, model).save()
-    return path, model
+    return path
 
 
 def random_batch(n: int, seed: int = 0, size=(160, 64)):
@@ -57,25 +42,19 @@ def keras_reference(model, image, mask):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return make_model_dir(tmp_path_factory.mktemp("run"))
+def model():
+    return shared_export()[0]
 
 
 @pytest.fixture(scope="module")
-def model_dir(trained):
-    return trained[0]
+def exported():
+    # The in-memory model, not a checkpoint: see test_model_dir_checkpoint_restores_the_saved_model.
+    return shared_export()[1]
 
 
 @pytest.fixture(scope="module")
-def model(trained):
-    return trained[1]
-
-
-@pytest.fixture(scope="module")
-def exported(model, tmp_path_factory):
-    # The in-memory model, not its checkpoint: see test_export_model_dir_matches_the_saved_model.
-    base = tmp_path_factory.mktemp("export")
-    return export.export_saved_model(model, base, metadata={"model": {"num_ids": 5}})
+def model_dir(model, tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("run"), model)
 
 
 @pytest.fixture(scope="module")
@@ -252,12 +231,11 @@ def test_mscan_export_has_embedding_only(tmp_path):
                    "BatchNorms in Python lists, which tf.train.Checkpoint does not track: "
                    "checkpoints hold 20 of MGCAM's 117 variables, so a model directory "
                    "restores with fresh weights in stages 1-4", strict=False)
-def test_export_model_dir_matches_the_saved_model(model_dir, model, tmp_path):
-    target = export.export_model_dir(model_dir, tmp_path / "base")
+def test_model_dir_checkpoint_restores_the_saved_model(model_dir, model):
+    # export_model_dir exports what load_trained_model restores.
+    restored = training.load_trained_model(model_dir)
     image, mask = random_batch(2)
-    got = tf.saved_model.load(str(target)).signatures["serving_default"](
-        image=tf.constant(image), mask=tf.constant(mask))
-    np.testing.assert_allclose(got["embedding"].numpy(),
+    np.testing.assert_allclose(keras_reference(restored, image, mask)["h_full"],
                                keras_reference(model, image, mask)["h_full"], atol=1e-5)
 
 
@@ -267,7 +245,7 @@ def run_cli(*args):
                           capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_cli_export_with_calibration(model_dir, tmp_path, shared_data):
+def test_cli_export_with_calibration_and_errors(model_dir, tmp_path, shared_data):
     out = run_cli(f"--model_dir={model_dir}", f"--export_dir={tmp_path / 'base'}",
                   f"--calibration_data={shared_data / 'market1501_mini'}", "--target_far=0.05")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -276,11 +254,7 @@ def test_cli_export_with_calibration(model_dir, tmp_path, shared_data):
     cal = meta["verification"]
     assert cal["far"] <= 0.05 and cal["num_negative_pairs"] > 0 and cal["threshold"] > 0
     assert meta["version"] == 1
-
-
-def test_cli_errors_are_one_line(tmp_path):
-    out = run_cli(f"--model_dir={tmp_path / 'nothing'}", f"--export_dir={tmp_path / 'base'}")
-    assert out.returncode == 1
-    assert out.stderr.strip().splitlines()[-1].startswith("error: ")
-    assert "is not a model directory" in out.stderr
-    assert not (tmp_path / "base").exists()
+    # The same version again: refused in one line, the export untouched.
+    out = run_cli(f"--model_dir={model_dir}", f"--export_dir={tmp_path / 'base'}", "--version=1")
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "exists already" in out.stderr
