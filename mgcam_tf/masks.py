@@ -25,12 +25,13 @@ against its sha256. It runs on TensorFlow's `tf.lite.Interpreter`, which is
 deprecated (its warning is silenced here); `ai-edge-litert` offers the same
 interpreter without TensorFlow should TF drop it.
 
-Speed: letterboxing and resizing are two small matrix products per image in
+Speed: the resizes are a few gathers and float32/int32 blends per image in
 numpy (no per-image TF graph), and `write_masks` runs one interpreter per
 worker *thread*: TFLite's `invoke` and the TF decode/encode kernels release
-the GIL, so threads use all cores without a process pool's start-up cost
-(each process would import TensorFlow, several seconds) or the hazards of
-forking a process whose TF runtime is already running.
+the GIL (two threads with a one-thread interpreter each run 226 images/s of
+bare `invoke` here, one thread 117), so threads use all cores without a
+process pool's start-up cost (each process would import TensorFlow, several
+seconds) or the hazards of forking a process whose TF runtime is running.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ import tempfile
 import threading
 import warnings
 import zipfile
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
