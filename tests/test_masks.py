@@ -7,7 +7,6 @@ into the cache (`$MGCAM_CACHE_DIR` or ~/.cache/mgcam_tf). Without network
 access and without the file they are skipped, with the reason.
 """
 
-import io
 import os
 import pathlib
 import shutil
