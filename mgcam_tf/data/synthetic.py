@@ -68,7 +68,7 @@ __all__ = ["write_synthetic_market", "FORMAT_VERSION"]
 
 # Bump when the rendering changes, so that a stored data set of an older
 # generator is rewritten rather than reused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _META_NAME = "synthetic.json"
 _TMP_MARK = ".synthetic-tmp-"
