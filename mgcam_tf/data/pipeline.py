@@ -10,6 +10,17 @@ Batches (ARCHITECTURE.md):
     y = {"pid": int32 [B], "attention_target": float32 [B, 40, 16, 1]}.
   eval: x only, file order, never mirrored.
 
+Builders:
+  train_dataset  stage 1, random over the whole set; endless by default
+                 (use steps_per_epoch), repeat=False for one epoch per pass.
+  pair_dataset   stage 2, endless; sample 2i pairs with 2i + 1; exactly
+                 ceil(positive_fraction * P) positive pairs in every batch.
+  pk_dataset     endless; P different ids x K images, id-major.
+  eval_dataset   one pass in file order.
+A seed fixes order and mirror flips; iterating again gives a new series.
+Caches ("memory" or a file prefix) hold the decoded 160x64 uint8 image and
+mask (40 KB per sample) before mirroring, so flips stay random per epoch.
+
 Bad files. The decoders' own errors do not name the file, so each pass
 over the files numbers them, decodes with `ignore_errors()`, and checks the
 numbers that come out: a missing number stops the dataset with
