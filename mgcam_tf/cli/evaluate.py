@@ -277,9 +277,13 @@ def main(argv):
     if FLAGS.ranked_png:
         if "query_paths" not in data:
             raise ConfigError("--ranked_png needs query_paths and gallery_paths")
+
+        def paths(key):  # str, or bytes from an npz written elsewhere
+            return [p.decode() if isinstance(p, bytes) else str(p) for p in data[key].tolist()]
+
         reports.write_ranked_list(
-            FLAGS.ranked_png, dist, [str(p) for p in data["query_paths"]],
-            [str(p) for p in data["gallery_paths"]], data["query_pids"], data["query_camids"],
+            FLAGS.ranked_png, dist, paths("query_paths"), paths("gallery_paths"),
+            data["query_pids"], data["query_camids"],
             data["gallery_pids"], data["gallery_camids"], num_queries=FLAGS.ranked_queries)
 
 

@@ -174,7 +174,12 @@ def learn_xqda(features: np.ndarray, pids: np.ndarray, *, ridge: float = 1e-3,
     order = np.argsort(vals)[::-1]
     vals, vecs = vals[order], vecs[:, order]
     r = int(np.sum(vals > 1.0))
-    r = max(1, r) if dims <= 0 else max(1, min(dims, r))
+    if r == 0:
+        # No direction where different ids differ more than the same id: the
+        # metric would be empty (all distances 0), not merely weak.
+        raise DataError("XQDA: no direction separates the training ids (no generalised "
+                        "eigenvalue above 1); check train_features and train_pids")
+    r = r if dims <= 0 else min(dims, r)
     w = vecs[:, :r]
     m_sub = np.linalg.inv(w.T @ intra @ w) - np.linalg.inv(w.T @ extra @ w)
     t_sub = _psd_factor(m_sub)

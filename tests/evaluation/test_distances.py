@@ -114,3 +114,12 @@ def test_errors():
         dl.learn_xqda(q, np.arange(4))
     assert dl.parse_metric("rerank") == ("euclidean", True)
     assert dl.parse_metric("xqda+rerank") == ("xqda", True)
+
+
+def test_xqda_without_separating_direction_is_an_error():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((40, 3))
+    pids = np.repeat(np.arange(2), 20)
+    x[pids == 1] = x[pids == 0]   # both ids identical sets: nothing separates them
+    with pytest.raises(DataError, match="no direction"):
+        dl.learn_xqda(x, pids)
