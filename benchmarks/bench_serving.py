@@ -1,0 +1,112 @@
+"""Serving speed of the exported SavedModel beside Keras `predict` on the same model.
+
+  python benchmarks/bench_serving.py                  # about half a minute on 2 cores
+  python benchmarks/bench_serving.py --repeats=5 --latency_calls=100
+
+An MGCAM (751 ids, as Market-1501) is built and exported with
+`mgcam_tf.export`; the SavedModel is loaded back with `tf.saved_model.load`
+(as a serving process would) and timed on its `serving_default` signature:
+uint8 image [256, 160, 64, 3] and mask [256, 160, 64, 1] in, preprocessing
+in the graph, embedding and attention out. Beside it, in the same run and
+interleaved with it (so that other jobs on the machine slow both alike),
+Keras `model.predict` on the same weights and the same batch, already
+preprocessed (its preprocessing is not timed, which favours Keras). Keras
+runs the whole model (three streams); the signature runs only what its
+outputs need (full stream + attention branch).
+
+Throughput: median over --repeats of one batch-256 call each. Latency:
+batch-1 calls of the signature, median and 95th percentile.
+
+The last line is one JSON object: savedmodel_images_per_s,
+keras_images_per_s, latency_p50_ms, latency_p95_ms (plus a few more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--latency_calls", type=int, default=50)
+    parser.add_argument("--num_ids", type=int, default=751)
+    args = parser.parse_args()
+
+    import keras
+    import tensorflow as tf
+
+    from mgcam_tf import export, training
+    from mgcam_tf.data.preprocess import preprocess
+
+    keras.utils.set_random_seed(0)
+    model = training.ModelConfig(num_ids=args.num_ids).build()
+    rng = np.random.default_rng(0)
+    n = args.batch_size
+    image = rng.integers(0, 256, (n, 160, 64, 3), dtype=np.uint8)
+    mask = np.zeros((n, 160, 64, 1), np.uint8)
+    mask[:, 20:-20, 16:-16] = 255
+    rgbm = preprocess(image, mask)["rgbm"].numpy()
+
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        t0 = time.perf_counter()
+        export_dir = export.export_saved_model(model, tmp)
+        export_s = time.perf_counter() - t0
+        serving = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+        image_t, mask_t = tf.constant(image), tf.constant(mask)
+
+        def run_savedmodel():
+            return serving(image=image_t, mask=mask_t)["embedding"].numpy()
+
+        def run_keras():
+            return model.predict(rgbm, batch_size=n, verbose=0)["h_full"]
+
+        # Warm-up (tracing, oneDNN primitive caches) and a fidelity check.
+        max_diff = float(np.abs(run_savedmodel() - run_keras()).max())
+        sm_times, keras_times = [], []
+        for _ in range(args.repeats):
+            for fn, times in ((run_savedmodel, sm_times), (run_keras, keras_times)):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+        one_image, one_mask = tf.constant(image[:1]), tf.constant(mask[:1])
+        serving(image=one_image, mask=one_mask)
+        latencies = []
+        for _ in range(args.latency_calls):
+            t0 = time.perf_counter()
+            serving(image=one_image, mask=one_mask)["embedding"].numpy()
+            latencies.append(time.perf_counter() - t0)
+
+    sm_ips = n / float(np.median(sm_times))
+    keras_ips = n / float(np.median(keras_times))
+    p50, p95 = (float(np.percentile(latencies, q)) * 1000 for q in (50, 95))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, load average {load:.2f}")
+    print(f"export: {export_s:.1f} s; SavedModel vs Keras max |diff| {max_diff:.2e}")
+    print(f"batch {n}: SavedModel serving_default {sm_ips:.1f} images/s "
+          f"(uint8 in, preprocessing in the graph)  |  Keras predict {keras_ips:.1f} images/s "
+          f"(preprocessed input)  ->  x{sm_ips / keras_ips:.2f} "
+          f"({'not slower' if sm_ips >= keras_ips else 'SLOWER'})")
+    print(f"batch 1 latency (SavedModel, {args.latency_calls} calls): median {p50:.1f} ms, "
+          f"p95 {p95:.1f} ms")
+    print(json.dumps({
+        "savedmodel_images_per_s": round(sm_ips, 1), "keras_images_per_s": round(keras_ips, 1),
+        "latency_p50_ms": round(p50, 2), "latency_p95_ms": round(p95, 2),
+        "speedup": round(sm_ips / keras_ips, 3), "batch_size": n, "repeats": args.repeats,
+        "max_abs_diff": max_diff, "export_s": round(export_s, 2), "load_average": round(load, 2)}))
+
+
+if __name__ == "__main__":
+    main()
