@@ -5,11 +5,13 @@ dense code (`rerank_dense` here, a plain transcription kept as the reference
 and benchmark baseline) computes, on the squared Euclidean distances of the
 given features, without ever holding an N x N matrix (N = queries + gallery):
 
-1. Top-(k1+1) neighbour lists, block of rows by block of rows: a float32
-   matmul gives the distances, `np.partition` (values only, several times
-   faster than `argpartition`) gives each row's (k1+1+margin)-th value, the
-   few items under it are re-measured in float64 and sorted by
-   (distance, index). The float32 pass only shortlists; the order is float64.
+1. Top-(k1+1) neighbour lists, block of rows by block of rows: one float32
+   matmul of augmented features gives each row's distances up to a per-row
+   constant, `np.partition` (values only, several times faster than
+   `argpartition`) gives each row's (k1+1)-th value, and every item within a
+   float32 error bound of it is re-measured in float64 and sorted by
+   (distance, index), the tie rule of a stable argsort. The float32 pass only
+   shortlists (it provably keeps the true neighbours); the order is float64.
 2. k-reciprocal sets R(i) and the half-size sets R(c, k1/2) as sparse
    pattern matrices (A .* A^T); the "2/3 overlap" test for every candidate at
    once from one sparse product R @ H^T; the expanded sets from Acc @ H.
@@ -21,7 +23,8 @@ given features, without ever holding an N x N matrix (N = queries + gallery):
    (CSC columns of V): every (query, gallery, shared column) triple is
    enumerated vectorised and summed with `np.bincount`, in query blocks sized
    so that the triples of one block fit a fixed budget.
-5. final = (1 - lambda) * Jaccard + lambda * d(q, g) / max_j d(q, j).
+5. final = (1 - lambda) * Jaccard + lambda * d(q, g) / max_j d(q, j), in
+   float32 like the reference, from the centred features.
 
 Re-ranking a Market-1501-sized problem (23,100 images) this way takes seconds
 and well under 1.5 GB, against minutes and 12 GB for the dense code.
@@ -41,6 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mgcam_tf.errors import ConfigError, DataError
+
 
 def _check(k1: int, k2: int, lambda_value: float) -> None:
     if k1 < 1:
