@@ -442,7 +442,8 @@ def _plan(rng: np.random.Generator, num_train_ids: int, num_test_ids: int, num_c
     arr = np.array(rows, np.int64)
     n = len(arr)
     # Frames: consecutive-ish per person and camera, like a tracklet in Market-1501.
-    base = rng.integers(1, 900_000, (total + n_distractor + n_junk, num_cameras))
+    base = rng.integers(1, 1_000_000 - 25 * images_per_camera,
+                        (total + n_distractor + n_junk, num_cameras))  # six digits at most
     step = np.zeros(n, np.int64)
     seen: dict[tuple[int, int], int] = {}
     for i, (_, _, ident, cam, _) in enumerate(arr):
@@ -542,6 +543,9 @@ def _check_arguments(args: dict) -> None:
     if args["num_cameras"] > 9:
         raise ConfigError("write_synthetic_market: num_cameras must be <= 9 "
                           f"(Market-1501 names hold one camera digit), got {args['num_cameras']}")
+    if args["images_per_camera"] > 1000:
+        raise ConfigError("write_synthetic_market: images_per_camera must be <= 1000, "
+                          f"got {args['images_per_camera']}")
     if args["num_train_ids"] + args["num_test_ids"] > 9999:
         raise ConfigError("write_synthetic_market: num_train_ids + num_test_ids must be <= 9999 "
                           "(Market-1501 names hold four id digits)")

@@ -238,7 +238,8 @@ def test_an_empty_folder_is_used(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [dict(num_cameras=1), dict(num_cameras=10), dict(images_per_camera=1),
-                                 dict(num_train_ids=0), dict(seed=-1), dict(height=2.5)])
+                                 dict(num_train_ids=0), dict(seed=-1), dict(height=2.5),
+                                 dict(images_per_camera=1001)])
 def test_bad_arguments(tmp_path, bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         write_synthetic_market(tmp_path / "d", **dict(SMALL, **bad))
