@@ -115,10 +115,6 @@ def extract_folder(embedder, image_dir: str, output_dir: str, *, mask_policy: st
     if chunk_size < 1 or batch_size < 1:
         raise ConfigError(f"chunk_size and batch_size must be >= 1, got {chunk_size}, {batch_size}")
     paths = user_images.list_images(image_dir)
-    try:
-        os.makedirs(os.path.join(output_dir, PARTS_DIR), exist_ok=True)
-    except OSError as err:
-        raise DataError(f"{output_dir}: cannot create the output folder ({err.strerror})") from None
     fingerprint = embedder.fingerprint
     info_path = os.path.join(output_dir, INFO_FILE)
     if os.path.isfile(info_path):
@@ -132,6 +128,10 @@ def extract_folder(embedder, image_dir: str, output_dir: str, *, mask_policy: st
                 if progress is not None:
                     progress(len(paths), len(paths))
                 return done
+    try:
+        os.makedirs(os.path.join(output_dir, PARTS_DIR), exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{output_dir}: cannot create the output folder ({err.strerror})") from None
     masks = user_images.resolve_masks(paths, mask_policy,
                                       cache_dir=os.path.join(output_dir, MASKS_DIR),
                                       segmenter=segmenter, model_path=model_path)

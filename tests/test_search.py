@@ -109,7 +109,7 @@ def test_extract_resumes_after_a_crash_and_is_atomic(embedder, tmp_path, monkeyp
     calls.clear()
     extraction.extract_folder(embedder, str(tmp_path / "gallery"), str(out), chunk_size=3,
                               segmenter=fake_segmenter)
-    assert calls == []
+    assert calls == [] and not (out / extraction.PARTS_DIR).exists()
 
 
 def test_embedder_names_a_bad_file(embedder, tmp_path):
@@ -203,3 +203,23 @@ def test_cli_extract_search_verify(shared_data, tmp_path, embedder):
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "holds no calibrated threshold" in out.stderr
+
+
+def _blazepose_available() -> bool:
+    from mgcam_tf import masks
+
+    return bool(os.environ.get(masks.ENV_MODEL)) or (
+        masks.default_cache_dir() / masks.MODEL_FILENAME).is_file()
+
+
+@pytest.mark.skipif(not _blazepose_available(),
+                    reason="BlazePose model not cached (mgcam_tf.masks.fetch_model fetches it)")
+def test_generated_masks_match_the_shared_ones(shared_data, tmp_path):
+    folder = shared_data / "market1501_mini" / "query"
+    images = sorted(str(p) for p in folder.glob("*.jpg"))[:3]
+    made = user_images.resolve_masks(images, "generate", cache_dir=str(tmp_path))
+    for image, mask in zip(images, made):
+        ours = tf.io.decode_png(tf.io.read_file(mask)).numpy()[..., 0] > 127
+        shared = folder.parent / "query_seg" / (pathlib.Path(image).stem + ".png")
+        theirs = tf.io.decode_png(tf.io.read_file(str(shared))).numpy()[..., 0] > 127
+        assert (ours & theirs).sum() / max((ours | theirs).sum(), 1) > 0.9
