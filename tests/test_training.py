@@ -102,3 +102,17 @@ def test_json_is_written_atomically(tmp_path):
         training.write_json_atomic(target, {"a": object()})
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+@pytest.mark.parametrize("architecture", ["mgcam", "mscan"])
+def test_checkpoint_holds_every_weight(tmp_path, architecture):
+    config = training.ModelConfig(num_ids=3, architecture=architecture)
+    saved = config.build()
+    rng = np.random.RandomState(5)
+    saved.set_weights([rng.randn(*w.shape).astype(w.dtype) for w in saved.get_weights()])
+    training.prepare_model_dir(tmp_path, config, {})
+    training.checkpoint_manager(tmp_path, saved).save()
+    restored = training.load_trained_model(tmp_path)
+    assert len(restored.weights) == len(saved.weights)
+    for a, b in zip(saved.weights, restored.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
