@@ -32,11 +32,22 @@ setup(
     extras_require={
         "cpu": [f"tensorflow-cpu=={TENSORFLOW}"],
         "gpu": [f"tensorflow[and-cuda]=={TENSORFLOW}"],
-        "test": ["pytest>=8,<10"],
+        # tensorflow-serving-api declares a dependency on the full `tensorflow`
+        # wheel, which would clash with tensorflow-cpu: install it separately with
+        #   pip install --no-deps tensorflow-serving-api==2.21.0
+        "serving": ["grpcio>=1.60,<2"],
+        "test": ["pytest>=8,<10", "grpcio>=1.60,<2"],
     },
     entry_points={
         "console_scripts": [
             "mgcam-train=mgcam_tf.cli.train:run",
+            "mgcam-eval=mgcam_tf.cli.evaluate:run",
+            "mgcam-masks=mgcam_tf.cli.make_masks:run",
+            "mgcam-export=mgcam_tf.cli.export:run",
+            "mgcam-extract=mgcam_tf.cli.extract:run",
+            "mgcam-search=mgcam_tf.cli.search:run",
+            "mgcam-verify=mgcam_tf.cli.verify:run",
+            "mgcam-serving-client=mgcam_tf.cli.serving_client:run",
         ],
     },
     classifiers=[
