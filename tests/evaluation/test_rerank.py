@@ -51,6 +51,14 @@ def test_large_offset_features_stay_accurate():
     np.testing.assert_allclose(rr.rerank(x[:30], x[30:]), dense, rtol=0, atol=1e-5)
 
 
+def test_threads_do_not_change_the_result():
+    rng = np.random.default_rng(9)
+    x = clustered(rng, 300)
+    one = rr.rerank(x[:50], x[50:], threads=1, block_size=16, triple_budget=2000)
+    two = rr.rerank(x[:50], x[50:], threads=3, block_size=16, triple_budget=2000)
+    np.testing.assert_array_equal(one, two)
+
+
 def test_progress_and_errors():
     rng = np.random.default_rng(0)
     q, g = rng.standard_normal((5, 8)), rng.standard_normal((30, 8))
@@ -65,3 +73,5 @@ def test_progress_and_errors():
         rr.rerank(q, g[:, :4])
     with pytest.raises(DataError, match="non-finite"):
         rr.rerank(q * np.nan, g)
+    with pytest.raises(ConfigError, match="threads"):
+        rr.rerank(q, g, threads=0)
