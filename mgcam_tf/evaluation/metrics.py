@@ -32,7 +32,9 @@ good matches are few (about 14 of 19,732 per Market query).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import os
 
 import numpy as np
 
@@ -160,7 +162,8 @@ def _good_positions(block: np.ndarray, junk: np.ndarray, good: np.ndarray):
 
 def evaluate(distmat: np.ndarray, query_pids: np.ndarray, query_camids: np.ndarray,
              gallery_pids: np.ndarray, gallery_camids: np.ndarray, *,
-             ap: str = "official", max_rank: int = 50, block_size: int = 128) -> EvalResult:
+             ap: str = "official", max_rank: int = 50, block_size: int = 128,
+             threads: int | None = None) -> EvalResult:
     """Single-query CMC and mAP with the official Market-1501 rules (module doc).
 
     Args:
@@ -169,7 +172,9 @@ def evaluate(distmat: np.ndarray, query_pids: np.ndarray, query_camids: np.ndarr
       gallery_pids, gallery_camids: int [G]; pid -1 junk, 0 distractor.
       ap: "official" (MATLAB trapezoid) or "step" (non-interpolated).
       max_rank: length of the returned CMC curve.
-      block_size: queries processed at once (memory ~ 20 * block_size * G bytes).
+      block_size: queries processed at once (memory ~ 20 * block_size * G bytes
+        per thread).
+      threads: blocks processed at once; default min(2, CPUs).
     Returns:
       EvalResult.
     Raises:
@@ -188,7 +193,8 @@ def evaluate(distmat: np.ndarray, query_pids: np.ndarray, query_camids: np.ndarr
     ap_out = np.full(nq, np.nan)
     first = np.full(nq, -1, dtype=np.int64)
     gallery_junk = gp == -1
-    for start in range(0, nq, block_size):
+
+    def one_block(start: int) -> None:  # writes its own rows of ap_out / first
         stop = min(start + block_size, nq)
         block = distmat[start:stop]
         if not np.all(np.isfinite(block)):
@@ -199,7 +205,7 @@ def evaluate(distmat: np.ndarray, query_pids: np.ndarray, query_camids: np.ndarr
         good = same_id & ~junk
         rows, pos = _good_positions(block, junk, good)
         if rows.size == 0:
-            continue
+            return
         b = stop - start
         order = np.lexsort((pos, rows))  # by row, then by position
         rows, pos = rows[order], pos[order]
@@ -216,6 +222,18 @@ def evaluate(distmat: np.ndarray, query_pids: np.ndarray, query_camids: np.ndarr
         valid = ngood > 0
         ap_out[start:stop][valid] = sums[valid] / ngood[valid]
         first[start:stop][valid] = pos[row_start[valid]]
+
+    starts = list(range(0, nq, block_size))
+    threads = min(2, os.cpu_count() or 1) if threads is None else threads
+    if threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}")
+    if threads == 1 or len(starts) == 1:
+        for start in starts:
+            one_block(start)
+    else:
+        # numpy releases the GIL in sort, searchsorted and the mask arithmetic.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(one_block, starts))   # re-raises a block's error
     return _finish(ap_out, first, ap, max_rank)
 
 
