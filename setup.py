@@ -37,6 +37,9 @@ setup(
         #   pip install --no-deps tensorflow-serving-api==2.21.0
         "serving": ["grpcio>=1.60,<2"],
         "test": ["pytest>=8,<10", "grpcio>=1.60,<2"],
+        # Baselines of benchmarks/ only: the per-image OpenCV loop of the
+        # official data layer, and the PyTorch twin of the training step.
+        "bench": ["opencv-python-headless>=4.9", "torch==2.13.0"],
     },
     entry_points={
         "console_scripts": [
