@@ -239,6 +239,17 @@ def main(argv):
     if FLAGS.ap not in metrics.AP_MODES:
         raise ConfigError(f"--ap must be one of {', '.join(metrics.AP_MODES)}; got {FLAGS.ap!r}")
     need_train = base in distances.LEARNED
+    # Check where outputs go before the (possibly long) feature extraction.
+    for flag in ("json_out", "cmc_png", "ranked_png", "save_features"):
+        path = getattr(FLAGS, flag)
+        folder = os.path.dirname(os.path.abspath(path)) if path else ""
+        if path and not os.path.isdir(folder):
+            raise ConfigError(f"--{flag}={path}: folder {folder} does not exist")
+    if FLAGS.save_features and FLAGS.features:
+        raise ConfigError("--save_features writes the features of --model_dir or --saved_model; "
+                          "with --features they are already in a file")
+    if FLAGS.ranked_queries < 1:
+        raise ConfigError(f"--ranked_queries must be >= 1, got {FLAGS.ranked_queries}")
     if FLAGS.features:
         data = load_npz(FLAGS.features, need_train, bool(FLAGS.ranked_png))
         source = {"features": FLAGS.features}

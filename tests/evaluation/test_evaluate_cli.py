@@ -84,6 +84,9 @@ def test_one_line_errors(tmp_path):
     assert out.returncode == 1 and out.stderr.startswith("error: --ap must be one of")
     out = run_cli("--metric=euclidean")
     assert out.returncode == 1 and "exactly one of" in out.stderr
+    out = run_cli(f"--features={tmp_path / 'g.npz'}", "--metric=euclidean",
+                  f"--json_out={tmp_path / 'nowhere' / 'r.json'}")
+    assert out.returncode == 1 and out.stderr.startswith("error: --json_out=")
 
 
 @pytest.fixture(scope="module")
