@@ -78,7 +78,8 @@ def _pair_sqdist(x: np.ndarray, rows: np.ndarray, cols: np.ndarray,
 
 
 def _neighbours(x: np.ndarray, kk: int, block: int,
-                progress: Callable[[int, int], None] | None, threads: int = 1):
+                progress: Callable[[int, int], None] | None, threads: int = 1,
+                keep_keys: np.ndarray | None = None):
     """Top-kk neighbours of every row (self included) and each row's largest distance.
 
     A float32 pass shortlists: one matmul of augmented features gives
@@ -93,6 +94,9 @@ def _neighbours(x: np.ndarray, kk: int, block: int,
       kk: neighbours per row (<= N).
       block: rows per block; buffers are reused to avoid page faults.
       threads: blocks processed at once.
+      keep_keys: optional float32 [Q, N - Q]: receives the keys of the first Q
+        rows against the last N - Q columns (query-to-gallery), so that the
+        caller needs no second matmul for them.
     Returns:
       nbr int64 [N, kk]; rowmax float64 [N] (largest squared distance per row).
     """
@@ -123,6 +127,9 @@ def _neighbours(x: np.ndarray, kk: int, block: int,
         b = e - s
         kb, wb, mb = local.keys[:b], local.work[:b], local.mask[:b]
         np.matmul(left[s:e], right_t, out=kb)
+        if keep_keys is not None and s < keep_keys.shape[0]:
+            nq_ = keep_keys.shape[0]
+            keep_keys[s:min(e, nq_)] = kb[:min(e, nq_) - s, nq_:]
         far = kb.argmax(axis=1)
         rowmax[s:e] = _pair_sqdist(x, np.arange(s, e), far)
         np.copyto(wb, kb)
@@ -225,7 +232,10 @@ def rerank(query_features: np.ndarray, gallery_features: np.ndarray, *,
         threads = min(2, os.cpu_count() or 1)
     if threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
-    nbr, rowmax = _neighbours(x, kk, block_size, progress, threads)
+    # The neighbour search's keys of the query rows, |g|^2 - 2 q.g in float32,
+    # become the final matrix in place (no second query-gallery matmul).
+    final = np.empty((nq, ng), dtype=np.float32)
+    nbr, rowmax = _neighbours(x, kk, block_size, progress, threads, keep_keys=final)
     rowmax = np.where(rowmax > 0, rowmax, 1.0)  # all items identical: avoid 0/0
 
     # k-reciprocal sets and the expansion by half-size reciprocal sets.
@@ -266,17 +276,10 @@ def rerank(query_features: np.ndarray, gallery_features: np.ndarray, *,
     max_rows = max(1, (15 << 20) // (8 * ng))
 
     sq_q = np.einsum("ij,ij->i", q, q)
-    sq_g = np.einsum("ij,ij->i", g, g)
-    # [q, |q|^2, 1] . [-2g, 1, |g|^2] = d(q, g); rows scaled by lam / rowmax, and
-    # a last column adds the constant 2 (1 - lam).
-    left_q = np.concatenate([q, sq_q[:, None], np.ones((nq, 1))], axis=1)
-    left_q *= (lambda_value / rowmax[:nq])[:, None]
-    left_q = np.concatenate([left_q, np.full((nq, 1), 2.0 * (1.0 - lambda_value))],
-                            axis=1).astype(np.float32)
-    right_g = np.ascontiguousarray(
-        np.concatenate([-2.0 * g, np.ones((ng, 1)), sq_g[:, None], np.ones((ng, 1))],
-                       axis=1).T.astype(np.float32))
-    final = np.empty((nq, ng), dtype=np.float32)
+    # lam * d / rowmax + 2 (1 - lam) = alpha * key + beta, per query row.
+    alpha = (lambda_value / rowmax[:nq]).astype(np.float32)[:, None]
+    beta = (lambda_value * sq_q / rowmax[:nq] + 2.0 * (1.0 - lambda_value)).astype(
+        np.float32)[:, None]
     # Query blocks: grown while their triples fit the budget (at least one row).
     bounds = []
     s = 0
@@ -292,7 +295,6 @@ def rerank(query_features: np.ndarray, gallery_features: np.ndarray, *,
         e = ends[s]
         if not hasattr(local, "buf_t"):
             local.buf_t = np.empty((min(max_rows, nq), ng), dtype=np.float32)
-            local.buf_o = np.empty((min(max_rows, nq), ng), dtype=np.float32)
         lo, hi = vq.indptr[s], vq.indptr[e]
         ks = vq.indices[lo:hi]
         a = vq.data[lo:hi]
@@ -310,19 +312,19 @@ def rerank(query_features: np.ndarray, gallery_features: np.ndarray, *,
         temp_min = np.bincount(lin, weights=mins, minlength=(e - s) * ng).reshape(e - s, ng)
         del lin, mins
         # final = (1 - lam) (1 - t / (2 - t)) + lam d / rowmax
-        #       = [2 (1 - lam) + lam d / rowmax] - 2 (1 - lam) / (2 - t):
-        # the bracket is one matmul of augmented, pre-scaled rows, so the whole
-        # block costs six passes over [b, G] instead of ten.
+        #       = [2 (1 - lam) + lam d / rowmax] - 2 (1 - lam) / (2 - t),
+        # the bracket = alpha * key + beta from the keys already in `final`.
         # float32 from here on, as the reference: with centred features the
-        # float32 matmul errs by ~1e-7 of a distance, far inside the 1e-5 budget.
+        # float32 keys err by ~1e-7 of a distance, far inside the 1e-5 budget.
         t32 = local.buf_t[:e - s]
         np.subtract(np.float32(2.0), temp_min, out=t32, casting="same_kind")
         del temp_min
         np.divide(np.float32(-2.0 * (1.0 - lambda_value)), t32, out=t32)
-        out = local.buf_o[:e - s]
-        np.matmul(left_q[s:e], right_g, out=out)
+        out = final[s:e]
+        out *= alpha[s:e]
+        out += beta[s:e]
         np.maximum(out, np.float32(2.0 * (1.0 - lambda_value)), out=out)   # d >= 0
-        np.add(out, t32, out=final[s:e])
+        out += t32
         return e - s
 
     _run_blocks(one_block, [b[0] for b in bounds], threads, None, nq)
