@@ -69,7 +69,7 @@ __all__ = ["write_synthetic_market", "FORMAT_VERSION"]
 
 # Bump when the rendering changes, so that a stored data set of an older
 # generator is rewritten rather than reused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 _META_NAME = "synthetic.json"
 _TMP_MARK = ".synthetic-tmp-"
