@@ -24,7 +24,11 @@ given features, without ever holding an N x N matrix (N = queries + gallery):
    enumerated vectorised and summed with `np.bincount`, in query blocks sized
    so that the triples of one block fit a fixed budget.
 5. final = (1 - lambda) * Jaccard + lambda * d(q, g) / max_j d(q, j), in
-   float32 like the reference, from the centred features.
+   float32 like the reference, written over the query rows' float32 keys
+   that step 1 kept (so query-to-gallery distances cost no second matmul).
+
+Blocks of steps 1 and 4 run on min(2, CPUs) threads: numpy and BLAS release
+the GIL, and each block writes its own rows.
 
 Re-ranking a Market-1501-sized problem (23,100 images) this way takes seconds
 and well under 1.5 GB, against minutes and 12 GB for the dense code.
