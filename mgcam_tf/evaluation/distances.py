@@ -73,7 +73,7 @@ class Metric:
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         """float64 [N, K] features whose squared Euclidean distance is this metric's squared form."""
-        x = _features("features", x)
+        x = feature_matrix("features", x)
         if self.name == "cosine":
             norm = np.linalg.norm(x, axis=1, keepdims=True)
             return x / np.where(norm > 0, norm, 1.0)
@@ -108,7 +108,8 @@ class Metric:
         return out
 
 
-def _features(name: str, x) -> np.ndarray:
+def feature_matrix(name: str, x) -> np.ndarray:
+    """x as float64 [n, dim]; DataError naming `name` if it is not 2-D or not finite."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
         raise DataError(f"{name} must be 2-D [n, dim], got shape {x.shape}")
@@ -127,7 +128,7 @@ def pair_covariances(features: np.ndarray, pids: np.ndarray) -> tuple[np.ndarray
     Raises:
       DataError: fewer than one same-id or one different-id pair.
     """
-    x = _features("train_features", features)
+    x = feature_matrix("train_features", features)
     pids = np.asarray(pids)
     if pids.shape != (x.shape[0],):
         raise DataError(f"train_pids must have shape ({x.shape[0]},), got {pids.shape}")
@@ -228,8 +229,8 @@ def compute_distances(query_features: np.ndarray, gallery_features: np.ndarray,
     from mgcam_tf.evaluation import rerank as rerank_lib  # the heavier module, only when asked
 
     base, use_rerank = parse_metric(metric)
-    q = _features("query_features", query_features)
-    g = _features("gallery_features", gallery_features)
+    q = feature_matrix("query_features", query_features)
+    g = feature_matrix("gallery_features", gallery_features)
     if q.shape[1] != g.shape[1]:
         raise DataError(f"query_features dim {q.shape[1]} != gallery_features dim {g.shape[1]}")
     m = make_metric(base, train_features, train_pids)

@@ -51,6 +51,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mgcam_tf.errors import ConfigError, DataError
+from mgcam_tf.evaluation.distances import feature_matrix
 
 
 def _check(k1: int, k2: int, lambda_value: float) -> None:
@@ -60,15 +61,6 @@ def _check(k1: int, k2: int, lambda_value: float) -> None:
         raise ConfigError(f"k2 must be >= 1, got {k2}")
     if not 0.0 <= lambda_value <= 1.0:
         raise ConfigError(f"lambda_value must be in [0, 1], got {lambda_value}")
-
-
-def _as_features(name: str, x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2:
-        raise DataError(f"{name} must be 2-D [n, dim], got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise DataError(f"{name} holds non-finite values")
-    return x
 
 
 def _pair_sqdist(x: np.ndarray, rows: np.ndarray, cols: np.ndarray,
@@ -216,8 +208,8 @@ def rerank(query_features: np.ndarray, gallery_features: np.ndarray, *,
       ConfigError: bad k1/k2/lambda_value; DataError: bad features.
     """
     _check(k1, k2, lambda_value)
-    q = _as_features("query_features", query_features)
-    g = _as_features("gallery_features", gallery_features)
+    q = feature_matrix("query_features", query_features)
+    g = feature_matrix("gallery_features", gallery_features)
     if q.shape[1] != g.shape[1]:
         raise DataError(f"query_features dim {q.shape[1]} != gallery_features dim {g.shape[1]}")
     nq, ng = q.shape[0], g.shape[0]
