@@ -20,7 +20,7 @@ def squared_distance(a, b):
     return ops.sum(ops.square(a - b), axis=-1)
 
 
-def identity_loss(pids, logits: Sequence) -> "Tensor":
+def identity_loss(pids, logits: Sequence):
     """L_id: softmax cross-entropy of each stream's logits, summed over the streams.
 
     pids: int [B]; logits: a sequence of [B, num_ids]. The official code

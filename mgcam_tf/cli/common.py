@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -43,3 +44,65 @@ def one_line_errors(main: Callable) -> Callable:
             raise
 
     return wrapped
+
+
+class ProgressBar:
+    """A progress bar on stderr for the commands' long loops.
+
+    Redrawn in place on a terminal (at most 5 times a second); in a log file,
+    one line per 10 % so that logs stay short. Call it with the absolute count
+    (`bar(done, total)`, the library's progress-callback signature) or
+    advance it by a count (`bar.advance(n)`).
+    """
+
+    def __init__(self, label: str, total: int | None = None, enabled: bool = True,
+                 width: int = 30):
+        self.label, self.total, self.enabled, self.width = label, total, enabled, width
+        self.done = 0
+        self.tty = sys.stderr.isatty()
+        self.start = time.monotonic()
+        self._last_draw = 0.0
+        self._last_decile = -1
+        self._base: int | None = None
+
+    def advance(self, n: int) -> None:
+        self(self.done + n, self.total)
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        self.done = done
+        if total is not None:
+            self.total = total
+        if self._base is None:
+            # Work found already done (resumed runs) does not count in the rate.
+            self._base, self.start = done, time.monotonic()
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        finished = self.total is not None and done >= self.total
+        if self.tty:
+            if finished or now - self._last_draw >= 0.2:
+                self._draw(now, "\n" if finished else "")
+            return
+        decile = done * 10 // max(self.total, 1) if self.total else done // 1000
+        if decile != self._last_decile or finished:
+            self._last_decile = decile
+            self._draw(now, "\n")
+
+    def _draw(self, now: float, end: str) -> None:
+        self._last_draw = now
+        elapsed = max(now - self.start, 1e-9)
+        rate = (self.done - (self._base or 0)) / elapsed
+        if self.total:
+            filled = int(round(self.width * min(self.done / self.total, 1.0)))
+            left = (self.total - self.done) / rate if rate > 0 else 0.0
+            text = (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
+                    f"{self.done}/{self.total} {rate:.1f}/s ETA "
+                    f"{int(left) // 60}:{int(left) % 60:02d}")
+        else:
+            text = f"{self.label}: {self.done} {rate:.1f}/s"
+        print(("\r" if self.tty else "") + text, end=end, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """Ends a bar left unfinished (an error or Ctrl-C) on its own line."""
+        if self.enabled and self.tty and (self.total is None or self.done < self.total):
+            print(file=sys.stderr, flush=True)

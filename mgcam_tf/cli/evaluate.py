@@ -13,16 +13,13 @@ file from a model run, so that other metrics can be tried without the network.
 
 from __future__ import annotations
 
-import functools
 import io
 import os
-import sys
 import time
-from typing import Callable
 
 from absl import app, flags
 
-from mgcam_tf.cli.common import fail
+from mgcam_tf.cli.common import ProgressBar, one_line_errors
 
 FLAGS = flags.FLAGS
 
@@ -63,34 +60,6 @@ flags.DEFINE_string("ranked_png", "", "Write the ranked lists of --ranked_querie
                     "(top 10, green = match, red = miss) to this PNG.")
 flags.DEFINE_integer("ranked_queries", 8, "Queries shown in --ranked_png.")
 flags.DEFINE_bool("progress", True, "Progress lines on stderr.")
-
-
-class _Progress:
-    """A one-line progress display on stderr (redrawn in place on a terminal)."""
-
-    def __init__(self, label: str, enabled: bool):
-        self.label, self.enabled = label, enabled
-        self.tty = sys.stderr.isatty()
-        self.start = time.perf_counter()
-        self.last = -1.0
-
-    def __call__(self, done: int, total: int | None) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        final = total is not None and done >= total
-        if not final and now - self.last < (0.2 if self.tty else 10.0):
-            return
-        self.last = now
-        if total:
-            width = 30
-            filled = int(width * done / total)
-            text = (f"{self.label}: [{'=' * filled}{'.' * (width - filled)}] {done}/{total} "
-                    f"{now - self.start:.0f}s")
-        else:
-            text = f"{self.label}: {done} {now - self.start:.0f}s"
-        end = "\n" if final or not self.tty else ""
-        print(("\r" if self.tty else "") + text, end=end, file=sys.stderr, flush=True)
 
 
 def load_npz(path: str, need_train: bool, need_paths: bool) -> dict:
@@ -204,7 +173,7 @@ def _model_features(need_train: bool) -> dict:
         split = getattr(dataset, name)
         out = feat_lib.split_features(model, split, batch_size=FLAGS.batch_size,
                                       flip_average=FLAGS.flip_average,
-                                      progress=_Progress(f"{name} features", FLAGS.progress))
+                                      progress=ProgressBar(f"{name} features", FLAGS.progress))
         data[f"{name}_features"] = out.features
         data[f"{name}_pids"] = out.pids
         data[f"{name}_camids"] = out.camids
@@ -265,7 +234,7 @@ def main(argv):
         data["query_features"], data["gallery_features"], FLAGS.metric,
         train_features=data.get("train_features"), train_pids=data.get("train_pids"),
         k1=FLAGS.k1, k2=FLAGS.k2, lambda_value=FLAGS.lambda_value,
-        progress=_Progress("re-ranking", FLAGS.progress and use_rerank))
+        progress=ProgressBar("re-ranking", FLAGS.progress and use_rerank))
     t_dist = time.perf_counter() - t0
     result = metrics.evaluate(dist, data["query_pids"], data["query_camids"],
                               data["gallery_pids"], data["gallery_camids"], ap=FLAGS.ap)
@@ -296,32 +265,6 @@ def main(argv):
             FLAGS.ranked_png, dist, paths("query_paths"), paths("gallery_paths"),
             data["query_pids"], data["query_camids"],
             data["gallery_pids"], data["gallery_camids"], num_queries=FLAGS.ranked_queries)
-
-
-def one_line_errors(main_fn: Callable) -> Callable:
-    """Like `mgcam_tf.cli.common.one_line_errors`, without importing TensorFlow.
-
-    Evaluating an .npz needs only numpy and scipy: TensorFlow is loaded only
-    for a model, which keeps `mgcam-eval --features=...` fast and its stderr clean.
-    """
-
-    @functools.wraps(main_fn)
-    def wrapped(argv):
-        from mgcam_tf.errors import MgcamError
-
-        try:
-            return main_fn(argv)
-        except MgcamError as err:
-            fail(str(err))
-        except KeyboardInterrupt:
-            fail("interrupted")
-        except Exception as err:  # a TF OpError (file vanished mid-run): first line only
-            tf = sys.modules.get("tensorflow")
-            if tf is not None and isinstance(err, tf.errors.OpError):
-                fail(f"{type(err).__name__}: {err.message}")
-            raise
-
-    return wrapped
 
 
 def run():

@@ -12,12 +12,10 @@ from the last finished chunk. mgcam-search takes OUTPUT_DIR as --gallery.
 
 from __future__ import annotations
 
-import sys
-import time
 
 from absl import app, flags
 
-from mgcam_tf.cli.common import one_line_errors
+from mgcam_tf.cli.common import ProgressBar, one_line_errors
 
 FLAGS = flags.FLAGS
 
@@ -34,21 +32,6 @@ flags.DEFINE_integer("chunk_size", 1024, "Images per saved part (the unit of res
 flags.DEFINE_bool("progress", True, "Progress on stderr.")
 
 
-def progress_printer(label: str, enabled: bool):
-    """callback(done, total) printing at most every 2 s (and at the end) to stderr."""
-    state = {"last": 0.0, "start": time.perf_counter()}
-
-    def show(done: int, total: int) -> None:
-        now = time.perf_counter()
-        if not enabled or (done < total and now - state["last"] < 2.0):
-            return
-        state["last"] = now
-        print(f"{label}: {done}/{total} images, {now - state['start']:.0f}s",
-              file=sys.stderr, flush=True)
-
-    return show
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -62,7 +45,7 @@ def main(argv):
     result = extraction.extract_folder(
         embedder, FLAGS.image_dir, FLAGS.output_dir, mask_policy=FLAGS.mask_policy,
         model_path=FLAGS.mask_model or None, batch_size=FLAGS.batch_size,
-        chunk_size=FLAGS.chunk_size, progress=progress_printer("features", FLAGS.progress))
+        chunk_size=FLAGS.chunk_size, progress=ProgressBar("features", enabled=FLAGS.progress))
     print(f"{len(result)} images -> {FLAGS.output_dir}/{extraction.FEATURES_FILE} "
           f"{list(result.features.shape)} and {extraction.MANIFEST_FILE} "
           f"({sum(1 for m in result.masks if not m)} without mask)")

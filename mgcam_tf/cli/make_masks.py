@@ -23,7 +23,7 @@ import time
 
 from absl import app, flags
 
-from mgcam_tf.cli.common import one_line_errors
+from mgcam_tf.cli.common import ProgressBar, one_line_errors
 
 FLAGS = flags.FLAGS
 
@@ -42,56 +42,6 @@ flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
 _BAD_LISTED = 10
 
 
-class _ProgressBar:
-    """A progress bar on stderr: redrawn in place on a terminal, a line per
-    10 % otherwise (logs stay short)."""
-
-    def __init__(self, total: int, enabled: bool = True, width: int = 30) -> None:
-        self.total, self.enabled, self.width = total, enabled, width
-        self.done = 0
-        self.tty = sys.stderr.isatty()
-        self.start = time.monotonic()
-        self._last_draw = 0.0
-        self._last_decile = -1
-        self._base: int | None = None
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self._base is None:
-            # The first call counts the masks already there: the rate and
-            # ETA are measured from here on.
-            self._base, self.start = self.done, time.monotonic()
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        finished = self.done >= self.total
-        if self.tty:
-            if finished or now - self._last_draw >= 0.2:
-                self._draw(now, end="\n" if finished else "")
-        else:
-            decile = self.done * 10 // max(self.total, 1)
-            if decile != self._last_decile:
-                self._last_decile = decile
-                self._draw(now, end="\n")
-
-    def _draw(self, now: float, end: str) -> None:
-        self._last_draw = now
-        frac = self.done / max(self.total, 1)
-        filled = int(round(frac * self.width))
-        elapsed = max(now - self.start, 1e-9)
-        rate = (self.done - (self._base or 0)) / elapsed
-        left = (self.total - self.done) / rate if rate > 0 else 0.0
-        bar = "#" * filled + "." * (self.width - filled)
-        prefix = "\r" if self.tty else ""
-        print(f"{prefix}masks [{bar}] {self.done}/{self.total} "
-              f"{rate:.1f} img/s ETA {int(left) // 60}:{int(left) % 60:02d}",
-              end=end, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.tty and self.done < self.total:
-            print(file=sys.stderr, flush=True)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -101,12 +51,12 @@ def main(argv):
     images, mask_paths = masks.mask_jobs(FLAGS.data_dir)
     folders = len({os.path.dirname(m) for m in mask_paths})
     bad: list[tuple[str, Exception]] = []
-    bar = _ProgressBar(len(images), FLAGS.progress)
+    bar = ProgressBar("masks", len(images), FLAGS.progress)
     start = time.monotonic()
     try:
         written = masks.write_masks(
             images, mask_paths, model_path=FLAGS.model_path or None,
-            num_workers=FLAGS.num_workers or None, progress=bar.update,
+            num_workers=FLAGS.num_workers or None, progress=bar.advance,
             on_bad_image=(lambda path, err: bad.append((path, err)))
             if FLAGS.skip_bad_images else None,
             cache_dir=FLAGS.cache_dir or None)

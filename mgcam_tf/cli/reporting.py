@@ -2,22 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
+from mgcam_tf.cli.common import ProgressBar
 from mgcam_tf.data.layouts import ReidDataset
-
-
-def progress_printer(label: str, enabled: bool = True):
-    """A progress callback(done, total) that redraws one stderr line on a
-    terminal, and prints only the finished count into a log file."""
-    redraw = sys.stderr.isatty()
-
-    def show(done: int, total: int | None) -> None:
-        finished = total is not None and done >= total
-        if enabled and (redraw or finished):
-            print(f"\r{label}: {done}/{total if total is not None else '?'} images",
-                  end="\n" if finished else "", file=sys.stderr, flush=True)
-    return show
 
 
 def print_evaluation(model, dataset: ReidDataset, batch_size: int = 256,
@@ -27,9 +13,9 @@ def print_evaluation(model, dataset: ReidDataset, batch_size: int = 256,
     from mgcam_tf.evaluation import distances, features, metrics, reports
 
     query = features.split_features(model, dataset.query, batch_size=batch_size,
-                                    progress=progress_printer("query features", progress))
+                                    progress=ProgressBar("query features", enabled=progress))
     gallery = features.split_features(model, dataset.gallery, batch_size=batch_size,
-                                      progress=progress_printer("gallery features", progress))
+                                      progress=ProgressBar("gallery features", enabled=progress))
     distmat = distances.compute_distances(query.features, gallery.features, metric)
     result = metrics.evaluate(distmat, query.pids, query.camids, gallery.pids,
                               gallery.camids, ap=ap)
