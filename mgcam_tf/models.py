@@ -14,7 +14,7 @@ from keras import layers, ops
 from mgcam_tf import schedule
 from mgcam_tf.errors import ConfigError
 from mgcam_tf.layers import (ContrastiveAttention, MultiScaleContext, StreamHead,
-                             caffe_batch_norm, xavier_conv)
+                             caffe_batch_norm, conv_bn, xavier_conv)
 from mgcam_tf.losses import MGCAMObjective
 
 INPUT_MODES = ("rgb", "mask", "masked_rgb", "rgbm")
@@ -74,16 +74,24 @@ class MGCAM(keras.Model):
         self.feature_dim = feature_dim
         self.dropout_rate = dropout
         self.synchronized_bn = synchronized_bn
-        self.stem_conv = xavier_conv(32, 5, name="stem_conv")
-        self.stem_bn = caffe_batch_norm(synchronized_bn, name="stem_bn")
-        self.pool = layers.MaxPooling2D(2, 2, name="pool")
-        self.stage1 = MultiScaleContext(synchronized_bn=synchronized_bn, name="stage1")
-        self.stage2 = MultiScaleContext(synchronized_bn=synchronized_bn, name="stage2")
+        # Keras sublayers do not inherit the model's dtype policy (float32,
+        # mixed_float16 or mixed_bfloat16): every one is given it, except the
+        # attention, which computes in the variables' dtype (float32) under a
+        # mixed policy.
+        dtype = self.dtype_policy
+        self.stem_conv = xavier_conv(32, 5, name="stem_conv", dtype=dtype)
+        self.stem_bn = caffe_batch_norm(synchronized_bn, name="stem_bn", dtype=dtype)
+        self.pool = layers.MaxPooling2D(2, 2, name="pool", dtype=dtype)
+        self.stage1 = MultiScaleContext(synchronized_bn=synchronized_bn, name="stage1",
+                                        dtype=dtype)
+        self.stage2 = MultiScaleContext(synchronized_bn=synchronized_bn, name="stage2",
+                                        dtype=dtype)
         head = dict(num_ids=num_ids, feature_dim=feature_dim, dropout=dropout,
-                    synchronized_bn=synchronized_bn)
+                    synchronized_bn=synchronized_bn, dtype=dtype)
         self.full_stream = StreamHead(**head, name="full_stream")
         if attention != "none":
-            self.attention = ContrastiveAttention(attention, name="contrastive_attention")
+            self.attention = ContrastiveAttention(attention, name="contrastive_attention",
+                                                  dtype=dtype.variable_dtype)
             self.body_stream = StreamHead(**head, name="body_stream")
             self.bgd_stream = StreamHead(**head, name="bgd_stream")
         self.objective = MGCAMObjective()
@@ -101,7 +109,7 @@ class MGCAM(keras.Model):
     def stage2_features(self, rgbm, training=None):
         """[B, 160, 64, 4] -> f_stage2 [B, 40, 16, 96]."""
         x = select_input(rgbm, self.input_mode)
-        x = ops.relu(self.stem_bn(self.stem_conv(x), training=training))
+        x = ops.relu(conv_bn(self.stem_conv, self.stem_bn, x, training, self.compute_dtype))
         x = self.pool(x)
         x = self.pool(self.stage1(x, training=training))
         return self.stage2(x, training=training)
@@ -112,7 +120,7 @@ class MGCAM(keras.Model):
         h_full, logits_full = self.full_stream(features, training=training)
         outputs = {"h_full": h_full, "logits_full": logits_full}
         if self.attention_mode == "none":
-            return outputs
+            return self._float32(outputs)
         if self.attention_mode == "soft":
             body, bgd, phi_plus = self.attention(features)
         else:
@@ -120,16 +128,27 @@ class MGCAM(keras.Model):
         outputs["h_body"], outputs["logits_body"] = self.body_stream(body, training=training)
         outputs["h_bgd"], outputs["logits_bgd"] = self.bgd_stream(bgd, training=training)
         outputs["attention"] = phi_plus
-        return outputs
+        return self._float32(outputs)
+
+    def _float32(self, outputs: dict) -> dict:
+        # Under a mixed policy the features and logits come out in float16 or
+        # bfloat16: the losses, the metrics and every consumer get the
+        # variables' dtype (float32; float64 where floatx is float64).
+        dtype = self.dtype_policy.variable_dtype
+        return {k: ops.cast(v, dtype) for k, v in outputs.items()}
 
     def embed(self, rgbm):
         """The test-time feature h_full [B, feature_dim] alone, without the other streams."""
-        return self.full_stream(self.stage2_features(rgbm, training=False), training=False)[0]
+        h = self.full_stream(self.stage2_features(rgbm, training=False), training=False)[0]
+        return ops.cast(h, self.dtype_policy.variable_dtype)
 
     def get_config(self):
-        return {"name": self.name, "num_ids": self.num_ids, "input_mode": self.input_mode,
-                "attention": self.attention_mode, "feature_dim": self.feature_dim,
-                "dropout": self.dropout_rate, "synchronized_bn": self.synchronized_bn}
+        config = {"name": self.name, "num_ids": self.num_ids, "input_mode": self.input_mode,
+                  "attention": self.attention_mode, "feature_dim": self.feature_dim,
+                  "dropout": self.dropout_rate, "synchronized_bn": self.synchronized_bn}
+        if self.dtype_policy.name != "float32":
+            config["dtype"] = self.dtype_policy.name
+        return config
 
     # -- training ---------------------------------------------------------
 
@@ -145,6 +164,19 @@ class MGCAM(keras.Model):
             {"pid": ops.zeros((2,), "int32"), "attention_target": ops.zeros((2, 40, 16, 1))},
             self(ops.zeros((2, 160, 64, 4)), training=False))
         self._active_losses = ("loss", *[k for k in probe if k != "total"])
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras (3.15, TF backend) draws a batch and all-reduces it across the
+        # replicas before fit, only to build an unbuilt model symbolically;
+        # under MultiWorkerMirroredStrategy that reduce fails on a dict batch.
+        # build_model() and compile() leave nothing unbuilt but the optimizer.
+        layers_built = all(layer.built for layer in self._flatten_layers())
+        if layers_built and getattr(self, "_compile_metrics", None) is None:
+            if self.optimizer is not None and not self.optimizer.built:
+                with self.distribute_strategy.scope():
+                    self.optimizer.build(self.trainable_variables)
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     @property
     def metrics(self):
@@ -191,14 +223,37 @@ class MGCAM(keras.Model):
             grads = [g * self.bias_lr_mult if schedule.is_bias(v) else g
                      for g, v in zip(grads, variables)]
         self.optimizer.apply_gradients(zip(grads, variables))
+        if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # oneDNN's ReLU maps NaN to 0, so a NaN input or weight can leave
+            # the loss finite while the gradients (and then the weights) are
+            # NaN: the logged loss carries their finiteness, for StopOnNaN.
+            # (Under loss scaling an overflowing step is skipped, not fatal.)
+            terms = {**terms, "total": terms["total"] + 0.0 * tf.linalg.global_norm(
+                [tf.cast(g, "float32") for g in grads if g is not None])}
         logs = self._update_metrics(y, outputs, terms)
         logs["learning_rate"] = self.optimizer.learning_rate
-        return logs
+        return _reducible_logs(logs)
 
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         outputs = self(x, training=False)
-        return self._update_metrics(y, outputs, self._objective_terms(y, outputs))
+        return _reducible_logs(self._update_metrics(y, outputs,
+                                                    self._objective_terms(y, outputs)))
+
+
+def _reducible_logs(logs: dict) -> dict:
+    """Scalar logs, as [1] tensors under MultiWorkerMirroredStrategy.
+
+    Keras (3.15, TF backend) reduces a step's logs across workers with
+    `strategy.reduce("MEAN", value, axis=0)`, which fails on a scalar; the
+    mean of [1]-shaped values over axis 0 and the replicas is the scalar.
+    """
+    strategy = tf.distribute.get_strategy()
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        strategy.extended._in_multi_worker_mode()  # noqa: SLF001 (what Keras checks)
+    if not multi_worker:
+        return logs
+    return {k: ops.reshape(ops.convert_to_tensor(v), (1,)) for k, v in logs.items()}
 
 
 @keras.saving.register_keras_serializable(package="mgcam_tf")
@@ -211,11 +266,24 @@ class MSCANBody(MGCAM):
 
 
 ARCHITECTURES = ("mgcam", "mscan")
+# Keras dtype policies: variables stay float32 under all three, so a
+# checkpoint restores into a model of any of them.
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def build_model(num_ids: int, architecture: str = "mgcam", input_mode: str = "rgbm",
-                attention: str = "soft", **kwargs) -> MGCAM:
-    """Builds (and creates the weights of) MGCAM or the MSCAN-body baseline."""
+                attention: str = "soft", mixed_precision: str = "float32",
+                **kwargs) -> MGCAM:
+    """Builds (and creates the weights of) MGCAM or the MSCAN-body baseline.
+
+    mixed_precision: one of PRECISIONS, the Keras dtype policy of every layer
+    but the attention (float32 always); outputs are float32 under all of them.
+    """
+    if mixed_precision not in PRECISIONS:
+        raise ConfigError(f"mixed_precision must be one of {PRECISIONS}, "
+                          f"got {mixed_precision!r}")
+    if mixed_precision != "float32":
+        kwargs["dtype"] = mixed_precision
     if architecture == "mgcam":
         if attention == "none":
             raise ConfigError("architecture 'mgcam' needs attention 'soft' or 'hard'; "

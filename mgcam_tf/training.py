@@ -9,6 +9,15 @@ A model directory holds
 tf.train.CheckpointManager writes a checkpoint's files first and then
 renames the `checkpoint` state file onto its new content, so a run killed
 mid-save resumes from the previous, complete checkpoint.
+
+Several workers (tf.distribute.MultiWorkerMirroredStrategy): every worker
+takes part in each save, as the strategy requires, but only the chief's files
+count: the others write into a temporary folder of their own and delete it.
+Every worker resumes from the chief's latest checkpoint, so `model_dir` must be
+one folder that all workers can read (a shared file system or a bucket).
+Keras' BackupAndRestore callback is not used: it overwrites one weights file
+in place (a worker killed mid-write leaves no good backup), saves no
+optimizer state (SGD momentum) and has every worker write the same file.
 """
 
 from __future__ import annotations
@@ -46,12 +55,15 @@ class ModelConfig:
     feature_dim: int = 128
     dropout: float = 0.2
 
-    def build(self, synchronized_bn: bool = False) -> models.MGCAM:
+    def build(self, synchronized_bn: bool = False,
+              mixed_precision: str = "float32") -> models.MGCAM:
+        """mixed_precision is a run setting, not part of the model: the
+        variables are float32 under every policy (see models.PRECISIONS)."""
         return models.build_model(
             self.num_ids, self.architecture, self.input_mode,
             "none" if self.architecture == "mscan" else self.attention,
             feature_dim=self.feature_dim, dropout=self.dropout,
-            synchronized_bn=synchronized_bn)
+            synchronized_bn=synchronized_bn, mixed_precision=mixed_precision)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,13 +130,29 @@ def prepare_model_dir(model_dir: os.PathLike, model_config: ModelConfig, setting
 
 def checkpoint_manager(model_dir: os.PathLike, model: keras.Model,
                        optimizer: keras.optimizers.Optimizer | None = None,
-                       max_to_keep: int = 3) -> tf.train.CheckpointManager:
+                       max_to_keep: int = 3,
+                       directory: os.PathLike | None = None) -> tf.train.CheckpointManager:
+    """Model (and optimizer) checkpoints in `model_dir`/checkpoints, or in `directory`.
+
+    mixed_float16 wraps the optimizer in a LossScaleOptimizer; the checkpoint
+    holds the wrapped optimizer alone, so that a run keeps the same variable
+    names under every precision and can resume under another one. The
+    dynamic loss scale is not saved: after a resume it starts again from its
+    initial value and adapts within a few steps.
+    """
     objects = {"model": model}
     if optimizer is not None:
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            optimizer = optimizer.inner_optimizer
         objects["optimizer"] = optimizer
-    return tf.train.CheckpointManager(
-        tf.train.Checkpoint(**objects), os.path.join(model_dir, CHECKPOINT_DIR),
-        max_to_keep=max_to_keep)
+    directory = directory or os.path.join(model_dir, CHECKPOINT_DIR)
+    return tf.train.CheckpointManager(tf.train.Checkpoint(**objects), os.fspath(directory),
+                                      max_to_keep=max_to_keep)
+
+
+def checkpoint_step(path: str) -> int:
+    """The step a checkpoint was saved at, from its name (`.../ckpt-<step>`)."""
+    return int(path.rsplit("-", 1)[1])
 
 
 def load_trained_model(model_dir: os.PathLike) -> models.MGCAM:
@@ -155,17 +183,36 @@ def initialise_from(model: keras.Model, model_dir: os.PathLike) -> str:
 
 
 class CheckpointEveryEpoch(keras.callbacks.Callback):
-    """Saves model and optimizer at the end of each (checkpoint-sized) epoch."""
+    """Saves model and optimizer at the end of each (checkpoint-sized) epoch.
 
-    def __init__(self, manager: tf.train.CheckpointManager, is_chief: bool = True):
+    The checkpoint is numbered by the training steps run, (epoch + 1) *
+    steps_per_epoch, which is the optimizer's step count except under
+    mixed_float16, whose loss scaling skips the update of a step whose
+    gradients overflow; resuming counts steps run, so a run ends on time.
+
+    A worker that is not the chief (MultiWorkerMirroredStrategy: all workers
+    must take part in a save) passes the manager of a temporary folder of its
+    own, `scratch_dir`, which is deleted after each save.
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager, is_chief: bool = True,
+                 steps_per_epoch: int | None = None, scratch_dir: str | None = None):
         super().__init__()
         self.manager = manager
         self.is_chief = is_chief
+        self.steps_per_epoch = steps_per_epoch
+        self.scratch_dir = scratch_dir
 
     def on_epoch_end(self, epoch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
+        if self.steps_per_epoch:
+            step = (epoch + 1) * self.steps_per_epoch
+        else:
+            step = int(self.model.optimizer.iterations.numpy())
         if self.is_chief:
             self.manager.save(checkpoint_number=step)
+        elif self.scratch_dir is not None:
+            self.manager.save(checkpoint_number=step)
+            tf.io.gfile.rmtree(self.scratch_dir)
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -240,6 +287,12 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     raise ConfigError(f"strategy must be auto, default, mirrored or multi_worker, got {name!r}")
 
 
+def task_id(strategy: tf.distribute.Strategy) -> int:
+    """This worker's index in the cluster (0 without one)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return int(getattr(resolver, "task_id", None) or 0) if resolver is not None else 0
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.cluster_spec().as_dict():
@@ -250,9 +303,12 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def compile_model(model: models.MGCAM, solver: schedule.SolverConfig,
-                  objective: MGCAMObjective) -> None:
+                  objective: MGCAMObjective, jit_compile: bool | str = False) -> None:
+    """Under mixed_float16 Keras' compile wraps the optimizer in a
+    LossScaleOptimizer (the model's train_step already scales its loss)."""
     model.compile(optimizer=schedule.build_optimizer(solver), objective=objective,
-                  weight_decay=solver.weight_decay, bias_lr_mult=solver.bias_lr_mult)
+                  weight_decay=solver.weight_decay, bias_lr_mult=solver.bias_lr_mult,
+                  jit_compile=jit_compile)
 
 
 def train(model_dir: os.PathLike, dataset: tf.data.Dataset, model_config: ModelConfig,
@@ -260,10 +316,19 @@ def train(model_dir: os.PathLike, dataset: tf.data.Dataset, model_config: ModelC
           *, strategy: tf.distribute.Strategy | None = None,
           synchronized_bn: bool = False, init_from: os.PathLike | None = None,
           settings: dict | None = None, verbose: int | str = 0,
-          callbacks: Sequence[keras.callbacks.Callback] = ()) -> models.MGCAM:
+          callbacks: Sequence[keras.callbacks.Callback] = (),
+          mixed_precision: str = "float32", jit_compile: bool = False) -> models.MGCAM:
     """Trains `run.total_steps` steps, resuming from `model_dir` if it holds a checkpoint.
 
-    dataset: an infinite tf.data.Dataset of (x, y) batches (see docs/ARCHITECTURE.md).
+    dataset: an infinite tf.data.Dataset of (x, y) batches (see docs/ARCHITECTURE.md),
+    of the global batch size under a strategy (each worker builds the same one;
+    tf.data splits every batch between the replicas).
+    strategy: default, MirroredStrategy (one machine, several GPUs) or
+    MultiWorkerMirroredStrategy (see the module docstring: only the chief
+    writes config.json, checkpoints and TensorBoard logs).
+    mixed_precision: "float32", "mixed_float16" or "mixed_bfloat16" (Keras dtype
+    policies; attention and losses stay float32; float16 gets loss scaling).
+    jit_compile: compile the train step with XLA.
     Returns the trained model. Raises TrainingError if the loss becomes NaN.
     """
     strategy = strategy or tf.distribute.get_strategy()
@@ -271,22 +336,32 @@ def train(model_dir: os.PathLike, dataset: tf.data.Dataset, model_config: ModelC
     if chief:
         prepare_model_dir(model_dir, model_config, settings or {})
     with strategy.scope():
-        model = model_config.build(synchronized_bn=synchronized_bn)
-        compile_model(model, solver, objective)
+        model = model_config.build(synchronized_bn=synchronized_bn,
+                                   mixed_precision=mixed_precision)
+        compile_model(model, solver, objective, jit_compile=jit_compile)
         model.optimizer.build(model.trainable_variables)
     manager = checkpoint_manager(model_dir, model, model.optimizer, run.max_checkpoints)
+    done = 0
     if manager.latest_checkpoint:
         manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        done = checkpoint_step(manager.latest_checkpoint)
     elif init_from:
         initialise_from(model, init_from)
-    done = int(model.optimizer.iterations.numpy())
     if done >= run.total_steps:
         return model
+    scratch_dir = None
+    if not chief:
+        # This worker's saves only keep the strategy's collectives in step.
+        scratch_dir = os.path.join(model_dir, f".worker{task_id(strategy)}_checkpoints.tmp")
+        manager = checkpoint_manager(model_dir, model, model.optimizer, 1,
+                                     directory=scratch_dir)
     # An "epoch" is one checkpoint interval, so a resumed run restarts exactly
     # at a checkpoint boundary with fit's own epoch counter.
     epochs = run.total_steps // run.checkpoint_every
     image_batch = next(iter(dataset.take(1))) if chief else None
-    all_callbacks = [StopOnNaN(), CheckpointEveryEpoch(manager, chief), *callbacks]
+    all_callbacks = [StopOnNaN(),
+                     CheckpointEveryEpoch(manager, chief, run.checkpoint_every, scratch_dir),
+                     *callbacks]
     if chief:
         all_callbacks.append(TensorBoardLogger(os.path.join(model_dir, LOG_DIR),
                                                run.log_every, run.image_every, image_batch))
