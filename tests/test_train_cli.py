@@ -75,3 +75,13 @@ def test_missing_mask_folder_is_one_line(tmp_path, shared_data):
 def test_stage2_without_a_stage1_model_is_one_line(tmp_path):
     proc = mgcam_train(f"--model_dir={tmp_path / 'run'}", "--stage=2")
     assert_one_line_error(proc, "error:", "--init_from")
+
+
+def test_corrupt_image_found_mid_training_is_one_line_naming_the_file(tmp_path, shared_data):
+    data = tmp_path / "market"
+    shutil.copytree(shared_data / "market1501_mini", data)
+    bad = sorted((data / "bounding_box_train").glob("*.jpg"))[3]
+    bad.write_bytes(bad.read_bytes()[:200])  # cut short: not decodable
+    proc = mgcam_train(f"--model_dir={tmp_path / 'run'}", f"--data_dir={data}",
+                       "--batch_size=8", "--total_steps=8", "--checkpoint_every=8")
+    assert_one_line_error(proc, "error:", bad.name)

@@ -40,7 +40,11 @@ def one_line_errors(main: Callable) -> Callable:
         except Exception as err:
             tf = sys.modules.get("tensorflow")
             if tf is not None and isinstance(err, tf.errors.OpError):
-                fail(f"{type(err).__name__}: {err.message}")
+                # A bad file found by the input pipeline mid-run reaches here
+                # from inside the tf.data runtime; the pipeline knows its name.
+                pipeline = sys.modules.get("mgcam_tf.data.pipeline")
+                data_error = pipeline.data_error_from(err) if pipeline else None
+                fail(str(data_error) if data_error else f"{type(err).__name__}: {err.message}")
             raise
 
     return wrapped
