@@ -1,7 +1,6 @@
 """SavedModel export: layout, fidelity in a process without mgcam_tf, TF Serving's
 view of it (saved_model_cli, TF1 loader by tensor names), bad input, mgcam-export."""
 
-import json
 import os
 import pathlib
 import subprocess
@@ -227,10 +226,6 @@ def test_mscan_export_has_embedding_only(tmp_path):
     assert export.read_metadata(target)["attention_output"] is False
 
 
-@pytest.mark.xfail(reason="mgcam_tf.layers.MultiScaleContext keeps its convolutions and "
-                   "BatchNorms in Python lists, which tf.train.Checkpoint does not track: "
-                   "checkpoints hold 20 of MGCAM's 117 variables, so a model directory "
-                   "restores with fresh weights in stages 1-4", strict=False)
 def test_model_dir_checkpoint_restores_the_saved_model(model_dir, model):
     # export_model_dir exports what load_trained_model restores.
     restored = training.load_trained_model(model_dir)

@@ -157,9 +157,6 @@ def test_model_dir_runs_on_real_images(untrained):
     assert result["num_query"] == 32 and 0.0 <= result["mAP"] <= 1.0
 
 
-@pytest.mark.xfail(strict=False, reason="training checkpoints hold only the stem and the "
-                   "full-stream heads, not the stages: load_trained_model returns partly "
-                   "random weights (reported to the training module's owner)")
 def test_model_dir_restores_the_trained_weights(untrained):
     root = untrained["root"]
     if not (root / "md.json").is_file():
