@@ -1,0 +1,78 @@
+"""The results-table flagfiles parse, share one budget, and tools/results_table.py builds
+the table from mgcam-eval JSONs (docs/RESULTS.md, tools/reproduce.sh)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+
+import results_table  # noqa: E402
+
+FLAGFILES = sorted((REPO_ROOT / "flags").glob("cuhk03_pair1_*.flags"))
+
+
+def _flags(path: pathlib.Path) -> dict:
+    values = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("--"):
+            name, _, value = line[2:].partition("=")
+            values[name] = value
+    return values
+
+
+def test_one_flagfile_per_row_and_one_budget():
+    rows = {p.name[len("cuhk03_pair1_"):-len(".flags")] for p in FLAGFILES}
+    assert rows == {row for row, _ in results_table.ROWS}
+    stage1 = [_flags(p) for p in FLAGFILES if _flags(p)["stage"] == "1"]
+    assert len(stage1) == 5
+    for key in ("total_steps", "batch_size", "lr_step", "base_lr", "data_dir"):
+        assert len({f[key] for f in stage1}) == 1, key
+    siamese = _flags(REPO_ROOT / "flags" / "cuhk03_pair1_mgcam_siamese_rgbm.flags")
+    assert siamese["init_from"] == _flags(
+        REPO_ROOT / "flags" / "cuhk03_pair1_mgcam_rgbm.flags")["model_dir"]
+    for path in FLAGFILES:
+        flags = _flags(path)
+        assert flags["model_dir"] == "runs/cuhk03_pair1/" + path.name[13:-6]
+        assert flags["evaluate"] == "false"
+
+
+@pytest.mark.parametrize("flagfile", FLAGFILES, ids=lambda p: p.stem)
+def test_flagfile_dry_run(flagfile):
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "train.py"), f"--flagfile={flagfile}",
+         "--dry_run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "flags are valid" in proc.stdout
+    assert f"total_steps={_flags(flagfile)['total_steps']}" in proc.stdout
+
+
+def test_results_table_from_json(tmp_path):
+    runs = tmp_path / "runs"
+    for row, r1 in (("mscan_rgb", 0.25), ("mgcam_rgbm", 0.5)):
+        (runs / row).mkdir(parents=True)
+        for metric in ("euclidean", "xqda+rerank"):
+            (runs / row / f"eval_{metric}.json").write_text(
+                json.dumps({"rank1": r1, "mAP": r1 / 2, "rank5": 0.9}))
+    out = tmp_path / "docs"
+    assert results_table.main([f"--runs_dir={runs}", f"--out_dir={out}", "--no-figures"]) == 0
+    table = (out / "results_table.md").read_text().splitlines()
+    assert table[0].startswith("| model | Euclidean R1 / mAP | XQDA R1 / mAP")
+    assert len(table) == 2 + len(results_table.ROWS)
+    by_label = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in table[2:]}
+    assert by_label["MSCAN-body, RGB"][0] == "25.00 / 12.50"
+    assert by_label["MGCAM, RGB-M"][0] == "50.00 / 25.00"
+    assert by_label["MGCAM, RGB-M"][-1] == "50.00 / 25.00 |"
+    assert by_label["MGCAM, RGB-M"][1] == "-"          # xqda JSON missing
+    assert set(by_label["MSCAN-body, RGB-M"][:-1]) == {"-"}
+
+
+def test_line_plot_draws_series():
+    image = results_table.line_plot({"a": [(0, 1.0), (10, 2.0)], "b": [(5, 1.5)]},
+                                    "ITERATION", "LOSS")
+    assert image.dtype.name == "uint8" and image.shape == (420, 720, 3)
+    assert (image != 255).any(axis=2).sum() > 500

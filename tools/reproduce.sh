@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Reproduce docs/RESULTS.md end to end: train every row of the CUHK03 pair-1 ablation,
+# evaluate each with five metrics (official AP), then write the table and figures.
+#
+#   tools/reproduce.sh                 # from the repository root; resumable
+#   PYTHON=.venv/bin/python tools/reproduce.sh
+#
+# Rerunning skips finished work: training resumes from its last checkpoint (or
+# returns at once when it reached --total_steps) and an evaluation whose JSON exists
+# is not run again. Outputs: runs/cuhk03_pair1/<row>/eval_<metric>.json,
+# runs/cuhk03_pair1/mgcam_rgbm/curve/step_<N>.json, docs/results_table.md, docs/figures/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+DATA=../shared/data/cuhk03_pair1
+RUNS=runs/cuhk03_pair1
+ROWS="mscan_rgb mscan_rgbm mgcam_hard_rgbm mgcam_rgb mgcam_rgbm mgcam_siamese_rgbm"
+METRICS="euclidean kissme rerank xqda+rerank"   # xqda first (it saves the features)
+CURVE_ROW=mgcam_rgbm                            # rank-1 over iterations for this row
+CURVE_STEPS="100 200 300"                           # plus the final step (eval_euclidean.json)
+
+train() {  # row [--total_steps=N]
+  "$PY" tools/train.py --flagfile="flags/cuhk03_pair1_$1.flags" --progress=false "${@:2}"
+}
+
+evaluate() {  # row
+  local dir=$RUNS/$1
+  if [ ! -f "$dir/eval_xqda.json" ] || [ ! -f "$dir/features.npz" ]; then
+    "$PY" tools/evaluate.py --model_dir="$dir" --data_dir=$DATA --layout=market1501 \
+      --metric=xqda --ap=official --progress=false \
+      --save_features="$dir/features.npz" --json_out="$dir/eval_xqda.json"
+  fi
+  for metric in $METRICS; do
+    [ -f "$dir/eval_$metric.json" ] && continue
+    "$PY" tools/evaluate.py --features="$dir/features.npz" --metric="$metric" \
+      --ap=official --progress=false --json_out="$dir/eval_$metric.json"
+  done
+}
+
+for row in $ROWS; do
+  echo "=== $row $(date +%T)"
+  if [ "$row" = "$CURVE_ROW" ]; then
+    mkdir -p "$RUNS/$row/curve"
+    for n in $CURVE_STEPS; do
+      [ -f "$RUNS/$row/curve/step_$n.json" ] && continue
+      train "$row" --total_steps="$n"
+      "$PY" tools/evaluate.py --model_dir="$RUNS/$row" --data_dir=$DATA --layout=market1501 \
+        --metric=euclidean --ap=official --progress=false \
+        --json_out="$RUNS/$row/curve/step_$n.json"
+    done
+  fi
+  train "$row"
+  evaluate "$row"
+done
+echo "=== table $(date +%T)"
+"$PY" tools/results_table.py --runs_dir=$RUNS --out_dir=docs --attention_row=$CURVE_ROW \
+  --data_dir=$DATA
+echo "=== done $(date +%T)"
