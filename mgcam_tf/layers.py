@@ -129,9 +129,20 @@ class MultiScaleContext(layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
+        return ops.relu(self.pre_activation(inputs, training=training))
+
+    def pre_activation(self, inputs, training=None):
+        """The concatenated BN outputs before the ReLU: [B, H, W, 3 * filters].
+
+        A stage followed by max pooling is cheaper as relu(pool(.)) than as
+        pool(relu(.)), the same function (both are monotone): the ReLU and
+        its gradient then touch a quarter of the tensor.
+        """
+        if not self.built:  # called directly, outside Keras' __call__
+            self.build(inputs.shape)
         branches = [conv_bn(conv, norm, inputs, training, self.compute_dtype)
                     for conv, norm in zip(self.convs, self.norms)]
-        return ops.relu(ops.concatenate(branches, axis=-1))
+        return ops.concatenate(branches, axis=-1)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.filters * len(self.dilation_rates))
@@ -231,8 +242,9 @@ class StreamHead(layers.Layer):
 
     def call(self, inputs, training=None):
         x = self.pool(inputs)
-        x = self.pool(self.stage3(x, training=training))
-        x = self.pool(self.stage4(x, training=training))
+        # relu(pool(.)) == pool(relu(.)), on a quarter of the values.
+        x = ops.relu(self.pool(self.stage3.pre_activation(x, training=training)))
+        x = ops.relu(self.pool(self.stage4.pre_activation(x, training=training)))
         h = self.embedding(self.flatten(x))
         logits = self.classifier(self.dropout(h, training=training))
         return h, logits

@@ -109,9 +109,10 @@ class MGCAM(keras.Model):
     def stage2_features(self, rgbm, training=None):
         """[B, 160, 64, 4] -> f_stage2 [B, 40, 16, 96]."""
         x = select_input(rgbm, self.input_mode)
-        x = ops.relu(conv_bn(self.stem_conv, self.stem_bn, x, training, self.compute_dtype))
-        x = self.pool(x)
-        x = self.pool(self.stage1(x, training=training))
+        # relu(pool(.)) == pool(relu(.)) (both monotone), on a quarter of the values.
+        x = conv_bn(self.stem_conv, self.stem_bn, x, training, self.compute_dtype)
+        x = ops.relu(self.pool(x))
+        x = ops.relu(self.pool(self.stage1.pre_activation(x, training=training)))
         return self.stage2(x, training=training)
 
     def call(self, inputs, training=None):
