@@ -76,3 +76,13 @@ def test_line_plot_draws_series():
                                     "ITERATION", "LOSS")
     assert image.dtype.name == "uint8" and image.shape == (420, 720, 3)
     assert (image != 255).any(axis=2).sum() > 500
+
+
+def test_results_table_custom_rows(tmp_path):
+    (tmp_path / "try_a").mkdir()
+    (tmp_path / "try_a" / "eval_xqda.json").write_text(json.dumps({"rank1": 0.1, "mAP": 0.2}))
+    assert results_table.main([f"--runs_dir={tmp_path}", f"--out_dir={tmp_path}",
+                                "--no-figures", "--rows=try_a,try_b"]) == 0
+    lines = (tmp_path / "results_table.md").read_text().splitlines()
+    assert lines[2] == "| try_a | - | 10.00 / 20.00 | - | - | - |"
+    assert lines[3].startswith("| try_b | - |")

@@ -4,6 +4,7 @@
 #
 #   tools/reproduce.sh                 # from the repository root; resumable
 #   PYTHON=.venv/bin/python tools/reproduce.sh
+#   TRIES=1 tools/reproduce.sh         # also the extra runs of "What we tried" in RESULTS.md
 #
 # Rerunning skips finished work: training resumes from its last checkpoint (or
 # returns at once when it reached --total_steps) and an evaluation whose JSON exists
@@ -23,14 +24,14 @@ train() {  # row [--total_steps=N]
   "$PY" tools/train.py --flagfile="flags/cuhk03_pair1_$1.flags" --progress=false "${@:2}"
 }
 
-evaluate() {  # row
-  local dir=$RUNS/$1
+evaluate() {  # row [metrics] [model_dir]
+  local dir=${3:-$RUNS/$1}
   if [ ! -f "$dir/eval_xqda.json" ] || [ ! -f "$dir/features.npz" ]; then
     "$PY" tools/evaluate.py --model_dir="$dir" --data_dir=$DATA --layout=market1501 \
       --metric=xqda --ap=official --progress=false \
       --save_features="$dir/features.npz" --json_out="$dir/eval_xqda.json"
   fi
-  for metric in $METRICS; do
+  for metric in ${2:-$METRICS}; do
     [ -f "$dir/eval_$metric.json" ] && continue
     "$PY" tools/evaluate.py --features="$dir/features.npz" --metric="$metric" \
       --ap=official --progress=false --json_out="$dir/eval_$metric.json"
@@ -55,4 +56,25 @@ done
 echo "=== table $(date +%T)"
 "$PY" tools/results_table.py --runs_dir=$RUNS --out_dir=docs --attention_row=$CURVE_ROW \
   --data_dir=$DATA
+
+# What we tried when a claim did not hold (docs/RESULTS.md): variants of a table row,
+# each "name row overrides...", trained to runs/cuhk03_pair1/tries/<name> and
+# evaluated with Euclidean, XQDA and XQDA + re-ranking.
+TRY_LIST=(
+  "mgcam_rgbm_800 mgcam_rgbm --total_steps=800 --lr_step=540"
+  "mscan_rgbm_800 mscan_rgbm --total_steps=800 --lr_step=540"
+  "mgcam_rgbm_official mgcam_rgbm --region_loss=official"
+  "mgcam_rgbm_notriplet mgcam_rgbm --triplet_weight=0"
+)
+if [ "${TRIES:-0}" = 1 ]; then
+  for spec in "${TRY_LIST[@]}"; do
+    read -r name row overrides <<<"$spec"
+    echo "=== try $name $(date +%T)"
+    # shellcheck disable=SC2086
+    train "$row" --model_dir="$RUNS/tries/$name" $overrides
+    evaluate "$row" "euclidean xqda+rerank" "$RUNS/tries/$name"
+  done
+  "$PY" tools/results_table.py --runs_dir=$RUNS/tries --out_dir=$RUNS/tries --no-figures \
+    --rows="$(for spec in "${TRY_LIST[@]}"; do printf '%s,' "${spec%% *}"; done)"
+fi
 echo "=== done $(date +%T)"

@@ -95,7 +95,10 @@ def read_scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:
             for event in tf.compat.v1.train.summary_iterator(path):
                 for value in event.summary.value:
                     if value.HasField("tensor"):
-                        number = float(tf.make_ndarray(value.tensor))
+                        array = tf.make_ndarray(value.tensor)
+                        if array.size != 1 or array.dtype.kind not in "fiu":
+                            continue  # images and text
+                        number = float(array.reshape(()))
                     elif value.HasField("simple_value"):
                         number = float(value.simple_value)
                     else:
@@ -258,17 +261,22 @@ def main(argv=None) -> int:
     parser.add_argument("--attention_row", default="mgcam_rgbm")
     parser.add_argument("--curve_row", default="mgcam_rgbm")
     parser.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--rows", default="", help="comma-separated run folders to tabulate "
+                        "instead of the six rows of the table (labelled by folder name)")
     args = parser.parse_args(argv)
 
-    results = read_results(args.runs_dir)
-    table = table_markdown(results)
+    rows = ROWS
+    if args.rows:
+        rows = [(name, name) for name in args.rows.split(",") if name]
+    results = read_results(args.runs_dir, rows)
+    table = table_markdown(results, rows)
     print(table, end="")
     os.makedirs(args.out_dir, exist_ok=True)
     reports.write_atomic(os.path.join(args.out_dir, "results_table.md"), table.encode())
     if args.figures:
         fig_dir = os.path.join(args.out_dir, "figures")
         os.makedirs(fig_dir, exist_ok=True)
-        for path in loss_figures(args.runs_dir, fig_dir):
+        for path in loss_figures(args.runs_dir, fig_dir, rows):
             print(f"wrote {path}")
         path, points = rank1_figure(args.runs_dir, fig_dir, args.curve_row)
         if path:
