@@ -28,10 +28,9 @@ import math
 import os
 import pathlib
 import tempfile
-from typing import Callable, Sequence
+from typing import Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from mgcam_tf import models, schedule

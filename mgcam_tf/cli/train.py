@@ -10,7 +10,6 @@ from the last checkpoint in --model_dir with its step and optimizer state.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
