@@ -65,6 +65,8 @@ TRY_LIST=(
   "mscan_rgbm_800 mscan_rgbm --total_steps=800 --lr_step=540"
   "mgcam_rgbm_official mgcam_rgbm --region_loss=official"
   "mgcam_rgbm_notriplet mgcam_rgbm --triplet_weight=0"
+  "mgcam_hard_rgbm_800 mgcam_hard_rgbm --total_steps=800 --lr_step=540"
+  "mgcam_rgb_800 mgcam_rgb --total_steps=800 --lr_step=540"
 )
 if [ "${TRIES:-0}" = 1 ]; then
   for spec in "${TRY_LIST[@]}"; do
