@@ -178,6 +178,17 @@ def initialise_from(model: keras.Model, model_dir: os.PathLike) -> str:
     if source.latest_checkpoint is None:
         raise ConfigError(f"--init_from {model_dir} holds no checkpoint")
     source.checkpoint.restore(source.latest_checkpoint).expect_partial()
+    # The model tracks its optimizer, so the restore also brought back the
+    # other run's step count and momentum. A new stage starts its own
+    # schedule from step 0 with fresh momentum, as a Caffe solver given
+    # --weights does; keeping the count would make stage 2 of the default
+    # flags (20,000 steps after 75,000) end before it starts.
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    if optimizer is not None:
+        optimizer.iterations.assign(0)
+        for slot in getattr(optimizer, "momentums", []) or []:
+            slot.assign(tf.zeros_like(slot))
     return source.latest_checkpoint
 
 

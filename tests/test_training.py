@@ -60,6 +60,19 @@ def test_kill_9_then_resume_keeps_step_and_weights(tmp_path):
     assert "start_step" not in again and again["end_step"] == step + 4
 
 
+def test_init_from_copies_weights_but_starts_a_fresh_schedule(tmp_path):
+    stage1 = tmp_path / "stage1"
+    run_script(stage1, 6)
+    stage1_kernel = tf.train.load_checkpoint(str(stage1 / "checkpoints")).get_tensor(
+        "model/stem_conv/_kernel/.ATTRIBUTES/VARIABLE_VALUE")
+    # Stage 2 is shorter than the 6 steps stage 1 ran: it must still train them all.
+    report = report_of(run_script(tmp_path / "stage2", 4, f"init={stage1}"))
+    assert report["start_step"] == 0 and report["end_step"] == 4
+    assert report["start_momentum_abs_sum"] == 0.0
+    np.testing.assert_allclose(report["start_kernel_sum"], float(np.sum(stage1_kernel)),
+                               rtol=1e-6)
+
+
 def test_tensorboard_logs_losses_learning_rate_accuracies_and_attention_images(tmp_path):
     run_script(tmp_path / "run", 2)
     tags = set()

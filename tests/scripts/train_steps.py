@@ -1,6 +1,6 @@
 """Trains a small MGCAM on fixed random tensors with mgcam_tf.training.train.
 
-usage: train_steps.py MODEL_DIR TOTAL_STEPS [nan]
+usage: train_steps.py MODEL_DIR TOTAL_STEPS [nan | init=STAGE1_MODEL_DIR]
 Prints one JSON line: the step and a weight checksum at the start of fit
 (after any resume) and at the end.
 """
@@ -18,6 +18,7 @@ from mgcam_tf.losses import MGCAMObjective
 
 model_dir, total_steps = sys.argv[1], int(sys.argv[2])
 poison = len(sys.argv) > 3 and sys.argv[3] == "nan"
+init_from = sys.argv[3][len("init="):] if len(sys.argv) > 3 and sys.argv[3].startswith("init=") else None
 rng = np.random.RandomState(0)
 x = {"rgbm": rng.randn(4, 160, 64, 4).astype("float32")}
 if poison:
@@ -31,6 +32,8 @@ report = {}
 class Probe(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         report["start_step"] = int(self.model.optimizer.iterations.numpy())
+        report["start_momentum_abs_sum"] = float(sum(
+            np.abs(m.numpy()).sum() for m in self.model.optimizer.momentums))
         report["start_kernel_sum"] = float(np.sum(self.model.stem_conv.kernel.numpy()))
 
     def on_train_batch_end(self, batch, logs=None):
@@ -42,6 +45,6 @@ model = training.train(
     model_dir, dataset, training.ModelConfig(num_ids=3), schedule.SolverConfig(),
     MGCAMObjective(), training.RunConfig(total_steps=total_steps, checkpoint_every=2,
                                          log_every=1, image_every=2),
-    callbacks=[Probe()])
+    callbacks=[Probe()], init_from=init_from)
 report["end_step"] = int(model.optimizer.iterations.numpy())
 print(json.dumps(report))
