@@ -54,6 +54,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from mgcam_tf.data.layouts import IMAGE_EXTENSIONS, MASK_SUFFIX, is_image_file
 from mgcam_tf.errors import ConfigError, DataError
 
 # -- the model -----------------------------------------------------------------
@@ -79,8 +80,6 @@ INPUT_SIZE = 256
 LONG_SIDE = INPUT_SIZE / 1.15          # ~222.6 px: the person fills 87 % of the input
 OUTPUT_NAME = "Identity_2"             # segmentation logits [1, 256, 256, 1]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-MASK_SUFFIX = "_seg"
 # Split folders of the layouts SPEC §7 knows: the `_seg` suffix goes on these
 # even when images sit deeper (MARS `bbox_train/0001/`, `train/<id>/`).
 SPLIT_FOLDER_NAMES = frozenset({
@@ -656,10 +655,6 @@ def write_masks(image_paths: Sequence[str], mask_paths: Sequence[str], *,
 # ==============================================================================
 # Folders
 
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
 def _split_folder(data_dir: str, folder: str) -> str:
     """The folder that gets the `_seg` suffix for images in `folder`.
 
@@ -701,7 +696,7 @@ def mask_folders(data_dir: str) -> list[tuple[str, str]]:
     for folder, subdirs, files in os.walk(data_dir):
         subdirs[:] = sorted(d for d in subdirs
                             if not d.startswith(".") and not d.endswith(MASK_SUFFIX))
-        if any(_is_image(f) for f in files):
+        if any(is_image_file(f) for f in files):
             split = _split_folder(data_dir, folder)
             sub = os.path.relpath(folder, split)
             pairs.append((folder, os.path.normpath(os.path.join(split + MASK_SUFFIX, sub))))
@@ -722,7 +717,7 @@ def mask_jobs(data_dir: str) -> tuple[list[str], list[str]]:
     for image_folder, mask_folder in mask_folders(data_dir):
         seen: dict[str, str] = {}
         for name in sorted(os.listdir(image_folder)):
-            if not _is_image(name):
+            if not is_image_file(name):
                 continue
             mask_name = os.path.splitext(name)[0] + ".png"
             if mask_name in seen:

@@ -23,22 +23,17 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from mgcam_tf.data.layouts import (CAMERA_TOKEN, IMAGE_EXTENSIONS, MASK_SUFFIX,
+                                    default_mask_path, is_image_file)
 from mgcam_tf.errors import ConfigError, DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-MASK_SUFFIX = "_seg"
 MASK_POLICIES = ("auto", "files", "generate", "full_body")
 
 # Market-1501 / DukeMTMC-reID / CUHK03-NP (`PPPP_cC...`) and MARS (`PPPPCcT...`) names.
 _ID_CAMERA = (re.compile(r"^(-1|\d+)_c(\d+)", re.I), re.compile(r"^(\d{4}|00-1)C(\d)T\d{4}F", re.I))
-_CAMERA_TOKEN = re.compile(r"(?:^|[_\-.])c(\d+)", re.I)
 
 #: segmenter(image uint8 [H, W, 3]) -> mask uint8 [H, W] (0 / 255), e.g. masks.BodySegmenter.
 Segmenter = Callable[[np.ndarray], np.ndarray]
-
-
-def is_image(name: str) -> bool:
-    return not os.path.basename(name).startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def list_images(folder: str) -> list[str]:
@@ -54,7 +49,7 @@ def list_images(folder: str) -> list[str]:
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not d.endswith(MASK_SUFFIX))
-        found.extend(os.path.join(root, f) for f in files if is_image(f))
+        found.extend(os.path.join(root, f) for f in files if is_image_file(f))
     if not found:
         raise DataError(f"{folder}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} "
                         "in it and its subfolders)")
@@ -76,14 +71,13 @@ def identity_of(path: str) -> tuple[int, int]:
             return (-1 if pid in ("-1", "00-1") else int(pid)), int(match.group(2))
     parent = os.path.basename(os.path.dirname(path))
     pid = int(parent) if parent.isdigit() else -1
-    camera = _CAMERA_TOKEN.search(os.path.splitext(name)[0])
+    camera = CAMERA_TOKEN.search(os.path.splitext(name)[0])
     return pid, int(camera.group(1)) if camera else -1
 
 
 def mask_beside(image_path: str) -> Optional[str]:
     """`X_seg/NAME.png` for `X/NAME.jpg` when that file exists, else None."""
-    folder, name = os.path.split(os.path.abspath(image_path))
-    candidate = os.path.join(folder + MASK_SUFFIX, os.path.splitext(name)[0] + ".png")
+    candidate = default_mask_path(os.path.abspath(image_path))
     return candidate if os.path.isfile(candidate) else None
 
 

@@ -46,6 +46,8 @@ from mgcam_tf.errors import DataError
 _log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# The mask folder of image folder X is X + MASK_SUFFIX (SPEC §7).
+MASK_SUFFIX = "_seg"
 MISSING_MASK_POLICIES = ("error", "full_body", "skip", "generate")
 LAYOUTS = ("auto", "market1501", "dukemtmc", "cuhk03", "cuhk03_labeled",
            "cuhk03_detected", "mars", "folders", "manifest")
@@ -131,20 +133,22 @@ _CUHK03 = _NamePattern(
 _MARS = _NamePattern(
     re.compile(r"^(?P<pid>\d{4}|00-1)C(?P<cam>\d)T(?P<track>\d{4})F\d{3}\.\w+$", re.I),
     "PPPPCcTttttFfff.jpg (MARS, e.g. 0001C1T0001F001.jpg)")
-_CAMERA_TOKEN = re.compile(r"(?:^|[_\-.])c(\d+)", re.I)
+CAMERA_TOKEN = re.compile(r"(?:^|[_\-.])c(\d+)", re.I)
 
 _MARKET_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 
 
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+def is_image_file(name: str) -> bool:
+    """Whether a file name (or path) is an image this package reads; hidden files are not."""
+    return (not os.path.basename(name).startswith(".")
+            and name.lower().endswith(IMAGE_EXTENSIONS))
 
 
 def _list_images(folder: str) -> list[str]:
     """Image files of `folder`, sorted by name; DataError if none."""
     if not os.path.isdir(folder):
         raise DataError(f"{folder}: folder not found")
-    names = sorted(n for n in os.listdir(folder) if _is_image(n))
+    names = sorted(n for n in os.listdir(folder) if is_image_file(n))
     if not names:
         raise DataError(f"{folder}: no images (.jpg/.jpeg/.png/.bmp) in this folder")
     return [os.path.join(folder, n) for n in names]
@@ -160,7 +164,7 @@ def _list_subfolder_images(folder: str) -> list[str]:
         if sub.startswith(".") or not os.path.isdir(sub_path):
             continue
         paths.extend(os.path.join(sub_path, n)
-                     for n in sorted(os.listdir(sub_path)) if _is_image(n))
+                     for n in sorted(os.listdir(sub_path)) if is_image_file(n))
     if not paths:
         raise DataError(f"{folder}: no images in its identity subfolders "
                         "(expected FOLDER/<id>/<image>.jpg)")
@@ -180,7 +184,7 @@ class _MaskIndex:
     def mask_path(self, image_path: str, image_root: str) -> Optional[str]:
         """The mask of `image_path` (inside `image_root`), or None."""
         rel_dir = os.path.relpath(os.path.dirname(image_path), image_root)
-        mask_dir = os.path.normpath(os.path.join(image_root.rstrip("/\\") + "_seg", rel_dir))
+        mask_dir = os.path.normpath(os.path.join(image_root.rstrip("/\\") + MASK_SUFFIX, rel_dir))
         names = self._listed.get(mask_dir)
         if names is None:
             names = frozenset(os.listdir(mask_dir)) if os.path.isdir(mask_dir) else frozenset()
@@ -200,7 +204,7 @@ def default_mask_path(image_path: str, image_root: Optional[str] = None) -> str:
     folder = image_root if image_root is not None else os.path.dirname(image_path)
     rel_dir = os.path.relpath(os.path.dirname(image_path), folder)
     stem = os.path.splitext(os.path.basename(image_path))[0]
-    return os.path.normpath(os.path.join(folder.rstrip("/\\") + "_seg", rel_dir, stem + ".png"))
+    return os.path.normpath(os.path.join(folder.rstrip("/\\") + MASK_SUFFIX, rel_dir, stem + ".png"))
 
 
 # --------------------------------------------------------------------------
@@ -405,7 +409,7 @@ def _read_mars(root: str) -> tuple[str, dict[str, _Records]]:
 # Users' own data: folder per identity, or CSV manifests
 
 def _camera_from_name(path: str) -> Optional[int]:
-    match = _CAMERA_TOKEN.search(os.path.splitext(os.path.basename(path))[0])
+    match = CAMERA_TOKEN.search(os.path.splitext(os.path.basename(path))[0])
     return int(match.group(1)) if match else None
 
 
