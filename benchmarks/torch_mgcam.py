@@ -36,7 +36,10 @@ def caffe_bn(channels: int) -> nn.BatchNorm2d:
 
 
 def xavier(module: nn.Module) -> nn.Module:
-    nn.init.xavier_uniform_(module.weight)
+    # Caffe's xavier filler (FAN_IN): uniform in +-sqrt(3 / fan_in), as the Keras twin.
+    fan_in = module.weight[0].numel()
+    limit = (3.0 / fan_in) ** 0.5
+    nn.init.uniform_(module.weight, -limit, limit)
     nn.init.zeros_(module.bias)
     return module
 

@@ -6,8 +6,11 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-# SPEC §2: Xavier-initialised weights, zero biases, everywhere.
-KERNEL_INITIALIZER = "glorot_uniform"
+# SPEC §2: Xavier-initialised weights, zero biases, everywhere. Caffe's
+# `xavier` filler defaults to variance_norm FAN_IN: uniform in
+# +-sqrt(3 / fan_in), which is Keras' lecun_uniform (glorot_uniform averages
+# fan-in and fan-out: 1.9x smaller limits for the 96->32 convolutions).
+KERNEL_INITIALIZER = "lecun_uniform"
 # Caffe's BatchNorm default epsilon.
 BN_EPSILON = 1e-5
 # Caffe averages with a fraction of 0.999 but divides by the sum of the

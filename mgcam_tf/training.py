@@ -31,6 +31,7 @@ import tempfile
 from typing import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mgcam_tf import models, schedule
@@ -235,6 +236,79 @@ class StopOnNaN(keras.callbacks.Callback):
             raise TrainingError(
                 f"the loss became {float(loss)} at step {step}; training stopped and the "
                 f"last checkpoint was kept (try a lower --base_lr or check the data)")
+
+
+class PeriodicEvaluation(keras.callbacks.Callback):
+    """Rank-1 and mAP of a query/gallery split pair every `every` training steps.
+
+    Euclidean distances on h_full, official AP, single-query protocol. Each
+    point goes to TensorBoard (`eval/rank1`, `eval/mAP`) and to
+    `model_dir/eval_history.json` (rewritten atomically; a resumed run keeps
+    the points up to its checkpoint). The network runs in inference mode in a
+    graph of its own, so the training (weights, BatchNorm statistics, random
+    streams) is the same with and without this callback.
+    """
+
+    HISTORY_FILE = "eval_history.json"
+
+    def __init__(self, query, gallery, every: int, model_dir: os.PathLike,
+                 batch_size: int = 256, log_dir: str | None = None):
+        super().__init__()
+        if every <= 0:
+            raise ConfigError(f"eval_every must be > 0, got {every}")
+        self.query, self.gallery, self.every = query, gallery, every
+        self.batch_size = batch_size
+        self.path = pathlib.Path(model_dir) / self.HISTORY_FILE
+        self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
+        self._batches = None
+        self._embed = None
+        self.points: list[dict] = []
+
+    def _images(self):
+        from mgcam_tf.data import pipeline
+
+        if self._batches is None:  # decoded once, kept for every evaluation
+            self._batches = {
+                name: [b["rgbm"] for b in pipeline.eval_dataset(split, self.batch_size)]
+                for name, split in (("query", self.query), ("gallery", self.gallery))}
+        return self._batches
+
+    def evaluate(self) -> dict:
+        from mgcam_tf.evaluation import evaluator, features
+
+        if self._embed is None:
+            self._embed = tf.function(lambda rgbm: self.model.embed(rgbm),
+                                      reduce_retracing=True)
+        splits = {"query": self.query, "gallery": self.gallery}
+        items = {name: features.features_of_split(
+                     np.concatenate([self._embed(b).numpy() for b in batches]), splits[name])
+                 for name, batches in self._images().items()}
+        result = evaluator.ReidEvaluator("euclidean").evaluate(items["query"], items["gallery"])
+        return {"rank1": result.result.rank(1), "mAP": result.result.mAP}
+
+    def _record(self, step: int) -> None:
+        point = {"step": step, **self.evaluate()}
+        self.points = [p for p in self.points if p["step"] < step] + [point]
+        write_json_atomic(self.path, {"metric": "euclidean", "ap": "official",
+                                      "protocol": "single_query", "points": self.points})
+        if self.writer is not None:
+            with self.writer.as_default(step=step):
+                tf.summary.scalar("eval/rank1", point["rank1"])
+                tf.summary.scalar("eval/mAP", point["mAP"])
+            self.writer.flush()
+
+    def on_train_begin(self, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if self.path.is_file():
+            stored = json.loads(self.path.read_text()).get("points", [])
+            self.points = [p for p in stored if p["step"] <= step]
+        if step == 0:
+            self._record(0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % self.every == 0:
+            self._record(step)
 
 
 class TensorBoardLogger(keras.callbacks.Callback):

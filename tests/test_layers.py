@@ -26,11 +26,17 @@ def test_batch_norm_has_no_learned_scale_or_shift():
     assert all(not n.center and not n.scale for n in layer.norms)
 
 
-def test_xavier_weights_and_zero_bias():
+def test_caffe_xavier_is_fan_in_uniform_and_bias_zero():
+    # Caffe's xavier filler: uniform in +-sqrt(3 / fan_in); fan_in = 3 * 3 * 96.
     layer = MultiScaleContext()
     layer.build((None, 40, 16, 96))
+    limit = np.sqrt(3.0 / (3 * 3 * 96))
     for conv in layer.convs:
-        assert conv.kernel_initializer.__class__.__name__ == "GlorotUniform"
+        kernel = conv.kernel.numpy()
+        assert np.abs(kernel).max() <= limit
+        # A fan-average filler (glorot) would stay within sqrt(6 / (864 + 288)) = 0.72 limit.
+        assert np.abs(kernel).max() > 0.95 * limit
+        np.testing.assert_allclose(kernel.std(), limit / np.sqrt(3.0), rtol=0.05)
         np.testing.assert_array_equal(conv.bias.numpy(), 0.0)
 
 

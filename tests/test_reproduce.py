@@ -37,8 +37,11 @@ def test_one_flagfile_per_row_and_one_budget():
         REPO_ROOT / "flags" / "cuhk03_pair1_mgcam_rgbm.flags")["model_dir"]
     for path in FLAGFILES:
         flags = _flags(path)
-        assert flags["model_dir"] == "runs/cuhk03_pair1/" + path.name[13:-6]
+        # Seed 0's folder; tools/reproduce.sh sets --seed and --model_dir per seed.
+        assert flags["model_dir"] == "runs/cuhk03_pair1/" + path.name[13:-6] + "_s0"
         assert flags["evaluate"] == "false"
+        assert int(flags["total_steps"]) >= (3000 if flags["stage"] == "1" else 1)
+        assert flags["eval_every"] == "250"
 
 
 @pytest.mark.parametrize("flagfile", FLAGFILES, ids=lambda p: p.stem)

@@ -84,6 +84,11 @@ flags.DEFINE_integer("image_every", 1000, "Steps between TensorBoard attention i
 flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored", "multi_worker"],
                   "Distribution strategy (auto: multi_worker when TF_CONFIG names "
                   "several workers, mirrored with several GPUs).")
+flags.DEFINE_integer("eval_every", 0, "Evaluate rank-1 and mAP (Euclidean) every this many "
+                     "steps during training, into TensorBoard (eval/rank1, eval/mAP) and "
+                     "model_dir/eval_history.json; 0: off.")
+flags.DEFINE_string("eval_data_dir", "", "Data set whose query/gallery --eval_every uses "
+                    "(default: --data_dir's).")
 flags.DEFINE_bool("evaluate", True, "After training, print rank-1 and mAP on query/gallery.")
 flags.DEFINE_integer("eval_batch_size", 256, "Batch size of feature extraction.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
@@ -190,11 +195,19 @@ def main(argv):
     own_flags = FLAGS.flags_by_module_dict()[FLAGS.find_module_defining_flag("model_dir")]
     settings = {flag.name: flag.value for flag in own_flags}
     settings["data_dir"] = data_dir
+    callbacks = []
+    if FLAGS.eval_every and training.is_chief(strategy):
+        target = dataset if not FLAGS.eval_data_dir else layouts.load_dataset(
+            FLAGS.eval_data_dir, layout="auto", missing_masks=FLAGS.missing_masks)
+        callbacks.append(training.PeriodicEvaluation(
+            target.query, target.gallery, FLAGS.eval_every, FLAGS.model_dir,
+            batch_size=FLAGS.eval_batch_size,
+            log_dir=os.path.join(FLAGS.model_dir, training.LOG_DIR)))
     model = training.train(
         FLAGS.model_dir, batches, model_config_from_flags(dataset.num_train_ids), solver,
         objective, run, strategy=strategy, synchronized_bn=FLAGS.sync_bn,
         init_from=FLAGS.init_from or None, settings=settings,
-        mixed_precision=FLAGS.mixed_precision,
+        mixed_precision=FLAGS.mixed_precision, callbacks=callbacks,
         verbose=1 if FLAGS.progress and sys.stderr.isatty() else 2 if FLAGS.progress else 0)
     step = int(model.optimizer.iterations.numpy())
     print(f"trained {step} steps; checkpoints and TensorBoard logs in {FLAGS.model_dir}")

@@ -163,6 +163,12 @@ def split_features(model: Callable, split: Any, *, batch_size: int = 256,
 
     feats = extract_features(model, pipeline.eval_dataset(split, batch_size),
                              flip_average=flip_average, progress=progress, total=len(split))
+    return features_of_split(feats, split)
+
+
+def features_of_split(feats: np.ndarray, split: Any) -> SplitFeatures:
+    """Per-image features [N, D] of a split (file order) as its items: images,
+    or tracklets (mean feature, first frame as picture) where it has any."""
     if feats.shape[0] != len(split):
         raise DataError(f"got {feats.shape[0]} features for a split of {len(split)} images")
     pids = np.asarray(split.pids, dtype=np.int64)

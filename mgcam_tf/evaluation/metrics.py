@@ -237,6 +237,15 @@ def evaluate(distmat: np.ndarray, query_pids: np.ndarray, query_camids: np.ndarr
     return _finish(ap_out, first, ap, max_rank)
 
 
+def concatenate(results: "list[EvalResult]", max_rank: int = 50) -> EvalResult:
+    """One result for the queries of several evaluations, in order (same AP mode)."""
+    modes = {r.ap_mode for r in results}
+    if len(modes) != 1:
+        raise ConfigError(f"cannot combine results of AP modes {sorted(modes)}")
+    return _finish(np.concatenate([r.ap for r in results]),
+                   np.concatenate([r.first_match for r in results]), modes.pop(), max_rank)
+
+
 def _finish(ap_out: np.ndarray, first: np.ndarray, ap: str, max_rank: int) -> EvalResult:
     valid = first >= 0
     num_valid = int(valid.sum())
