@@ -36,7 +36,20 @@ setup(
         # wheel, which would clash with tensorflow-cpu: install it separately with
         #   pip install --no-deps tensorflow-serving-api==2.21.0
         "serving": ["grpcio>=1.60,<2"],
-        "test": ["pytest>=8,<10", "grpcio>=1.60,<2"],
+        # The persistent gallery index (mgcam_tf/retrieval/index.py); faiss-cpu
+        # 1.15 has numpy 2.x wheels.
+        "index": ["faiss-cpu>=1.9,<2"],
+        # mgcam-export --format=onnx: tf2onnx 1.17.0 (the latest) converts the
+        # embedding under TF 2.21 and leaves protobuf and numpy as they are;
+        # onnxruntime runs the file (and its test).
+        "onnx": ["tf2onnx==1.17.0", "onnx>=1.14", "onnxruntime>=1.17"],
+        "test": ["pytest>=8,<10", "grpcio>=1.60,<2", "faiss-cpu>=1.9,<2"],
+        # mgcam-extract --backend=beam. apache-beam 2.77 caps protobuf below 7
+        # and tensorflow 2.21 needs >= 6.31.1: tested together (tensorflow-cpu
+        # 2.21.0, tensorboard 2.21.0, tensorflow-serving-api 2.21.0 --no-deps,
+        # apache-beam 2.77.0, protobuf 6.33.6, grpcio 1.85.3) with
+        # tests/retrieval/test_distributed_extraction.py and tests/serving/test_export.py.
+        "beam": ["apache-beam>=2.77,<2.78", "protobuf>=6.31.1,<7"],
         # Baselines of benchmarks/ only: the per-image OpenCV loop of the
         # official data layer, and the PyTorch twin of the training step.
         "bench": ["opencv-python-headless>=4.9", "torch==2.13.0"],

@@ -1,4 +1,4 @@
-"""Images per second of `mgcam_tf.masks.write_masks` on real CUHK03 crops.
+"""Images per second of `mgcam_tf.segmentation.writer.write_masks` on real CUHK03 crops.
 
   python benchmarks/bench_masks.py [--images=800] [--repeats=3] [--num_workers=0]
 
@@ -30,7 +30,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from mgcam_tf import masks  # noqa: E402
+from mgcam_tf.segmentation import model_file
+from mgcam_tf.segmentation import writer  # noqa: E402
 
 SHARED = pathlib.Path(os.environ.get("MGCAM_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -45,7 +46,7 @@ def timed_run(images: list[str], out_dir: pathlib.Path, model: str,
     shutil.rmtree(out_dir, ignore_errors=True)
     out = [str(out_dir / (pathlib.Path(p).stem + ".png")) for p in images]
     start, cpu = time.perf_counter(), time.process_time()
-    written = masks.write_masks(images, out, model_path=model, num_workers=num_workers)
+    written = writer.write_masks(images, out, model_path=model, num_workers=num_workers)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert written == len(images), (written, len(images))
     return written / seconds, 1000.0 * cpu / written
@@ -62,7 +63,7 @@ def main() -> None:
     source = SHARED / "cuhk03_pair1" / "bounding_box_train"
     if not source.is_dir():
         sys.exit(f"error: {source}: not found (set MGCAM_SHARED_DATA)")
-    model = str(masks.resolve_model_path(args.model_path))
+    model = str(model_file.resolve_model_path(args.model_path))
     with tempfile.TemporaryDirectory(prefix="bench_masks_") as tmp:
         tmp_dir = pathlib.Path(tmp)
         (tmp_dir / "images").mkdir()
@@ -87,8 +88,8 @@ def main() -> None:
         "single_process_images_per_s": round(statistics.median(single), 1),
         "cpu_ms_per_image": round(statistics.median(cpu_ms), 2),
         "images": len(images),
-        "num_workers": args.num_workers or masks.available_cores(),
-        "cpu_cores": masks.available_cores(),
+        "num_workers": args.num_workers or writer.available_cores(),
+        "cpu_cores": writer.available_cores(),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(result))

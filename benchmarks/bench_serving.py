@@ -4,7 +4,7 @@
   python benchmarks/bench_serving.py --repeats=5 --latency_calls=100
 
 An MGCAM (751 ids, as Market-1501) is built and exported with
-`mgcam_tf.export`; the SavedModel is loaded back with `tf.saved_model.load`
+`mgcam_tf.serving.export`; the SavedModel is loaded back with `tf.saved_model.load`
 (as a serving process would) and timed on its `serving_default` signature:
 uint8 image [256, 160, 64, 3] and mask [256, 160, 64, 1] in, preprocessing
 in the graph, embedding and attention out. Beside it, in the same run and
@@ -16,6 +16,10 @@ outputs need (full stream + attention branch).
 
 Throughput: median over --repeats of one batch-256 call each. Latency:
 batch-1 calls of the signature, median and 95th percentile.
+
+When `pose_landmark_full.tflite` is available (--mask_in_graph=auto), the
+export also holds the image-only signatures; `serving_image` is timed on
+uint8 crops of --image_size (batch --image_batch_size, and batch 1).
 
 The last line is one JSON object: savedmodel_images_per_s,
 keras_images_per_s, latency_p50_ms, latency_p95_ms (plus a few more).
@@ -43,16 +47,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency_calls", type=int, default=50)
     parser.add_argument("--num_ids", type=int, default=751)
+    parser.add_argument("--image_batch_size", type=int, default=32,
+                        help="batch of the image-only signature (it runs BlazePose too)")
+    parser.add_argument("--image_size", default="128x64",
+                        help="HxW of the crops fed to serving_image (Market-1501: 128x64)")
+    parser.add_argument("--mask_in_graph", choices=["auto", "false"], default="auto",
+                        help="also time serving_image when pose_landmark_full.tflite is available")
     args = parser.parse_args()
 
     import keras
     import tensorflow as tf
 
-    from mgcam_tf import export, training
+    from mgcam_tf.serving import export
+    from mgcam_tf.modeling import models
     from mgcam_tf.data.preprocess import preprocess
 
     keras.utils.set_random_seed(0)
-    model = training.ModelConfig(num_ids=args.num_ids).build()
+    model = models.model_from_config(models.model_config(args.num_ids))
     rng = np.random.default_rng(0)
     n = args.batch_size
     image = rng.integers(0, 256, (n, 160, 64, 3), dtype=np.uint8)
@@ -62,9 +73,18 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         t0 = time.perf_counter()
-        export_dir = export.export_saved_model(model, tmp)
+        mask_model = None
+        if args.mask_in_graph == "auto":
+            from mgcam_tf.errors import DataError
+            from mgcam_tf.segmentation import model_file
+            try:
+                mask_model = model_file.resolve_model_path()
+            except DataError as err:
+                print(f"image-only signature not timed: {err}")
+        export_dir = export.export_saved_model(model, tmp, mask_model_path=mask_model)
         export_s = time.perf_counter() - t0
-        serving = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+        loaded = tf.saved_model.load(str(export_dir))
+        serving = loaded.signatures["serving_default"]
         image_t, mask_t = tf.constant(image), tf.constant(mask)
 
         def run_savedmodel():
@@ -106,6 +126,28 @@ def main() -> None:
             t0 = time.perf_counter()
             serving(image=one_image, mask=one_mask)["embedding"].numpy()
             latencies.append(time.perf_counter() - t0)
+        image_only = None
+        if mask_model is not None:
+            # The image alone at the crops' own size: letterbox, BlazePose,
+            # mask, preprocessing and the embedding, all in the graph.
+            h, w = (int(v) for v in args.image_size.split("x"))
+            crops = tf.constant(rng.integers(0, 256, (args.image_batch_size, h, w, 3),
+                                             dtype=np.uint8))
+            fn = loaded.signatures[export.SIGNATURE_IMAGE]
+            fn(image=crops)
+            io_times, io_lat = [], []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                fn(image=crops)["embedding"].numpy()
+                io_times.append(time.perf_counter() - t0)
+            fn(image=crops[:1])
+            for _ in range(max(5, args.latency_calls // 5)):
+                t0 = time.perf_counter()
+                fn(image=crops[:1])["embedding"].numpy()
+                io_lat.append(time.perf_counter() - t0)
+            image_only = {"images_per_s": args.image_batch_size / float(np.median(io_times)),
+                          "p50_ms": float(np.percentile(io_lat, 50)) * 1000,
+                          "p95_ms": float(np.percentile(io_lat, 95)) * 1000}
 
     sm_ips = n / float(np.median(sm_times))
     keras_ips = n / float(np.median(keras_times))
@@ -122,7 +164,17 @@ def main() -> None:
           f"x{sm_ips / embed_ips:.2f} ({'not slower' if sm_ips >= embed_ips else 'SLOWER'})")
     print(f"batch 1 latency (SavedModel, {args.latency_calls} calls): median {p50:.1f} ms, "
           f"p95 {p95:.1f} ms")
-    print(json.dumps({
+    if image_only is not None:
+        print(f"image-only serving_image ({args.image_size} uint8, mask made in the graph): "
+              f"batch {args.image_batch_size} {image_only['images_per_s']:.1f} images/s; "
+              f"batch 1 latency median {image_only['p50_ms']:.1f} ms, p95 "
+              f"{image_only['p95_ms']:.1f} ms  (beside serving_default with a mask: "
+              f"{sm_ips:.1f} images/s, {p50:.1f} ms)")
+    extra = {} if image_only is None else {
+        "image_only_images_per_s": round(image_only["images_per_s"], 1),
+        "image_only_latency_p50_ms": round(image_only["p50_ms"], 2),
+        "image_only_latency_p95_ms": round(image_only["p95_ms"], 2)}
+    print(json.dumps({**extra,
         "savedmodel_images_per_s": round(sm_ips, 1), "keras_images_per_s": round(keras_ips, 1),
         "keras_embed_images_per_s": round(embed_ips, 1),
         "latency_p50_ms": round(p50, 2), "latency_p95_ms": round(p95, 2),

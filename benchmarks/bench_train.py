@@ -52,9 +52,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
-from mgcam_tf import models, schedule, training  # noqa: E402
+from mgcam_tf.modeling import models
+from mgcam_tf.training import solver as schedule
+from mgcam_tf.training import task  # noqa: E402
 from mgcam_tf.data import layouts, pipeline, synthetic  # noqa: E402
-from mgcam_tf.losses import MGCAMObjective  # noqa: E402
+from mgcam_tf.modeling.losses import MGCAMObjective  # noqa: E402
 
 H, W = 160, 64
 
@@ -246,9 +248,9 @@ def main():
                                      drop_remainder=True)
     # The pipeline yields pids of the synthetic set; the classifier has --ids outputs.
     keras.utils.set_random_seed(0)
-    model = models.build_model(args.ids, mixed_precision=precision)
-    training.compile_model(model, schedule.SolverConfig(), MGCAMObjective(),
-                           jit_compile=args.jit_compile)
+    network = models.build_model(args.ids, mixed_precision=precision)
+    model = task.build_task(network, schedule.SolverConfig(), MGCAMObjective(),
+                            jit_compile=args.jit_compile)
 
     rng = np.random.RandomState(0)
     x = tf.constant(rng.randn(args.batch, H, W, 4).astype("float32"))

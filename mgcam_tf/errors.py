@@ -19,3 +19,7 @@ class DataError(MgcamError, ValueError):
 
 class TrainingError(MgcamError, RuntimeError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+class OutputError(MgcamError, OSError):
+    """An output (checkpoint, mask, features, report, export) cannot be written."""

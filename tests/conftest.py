@@ -19,3 +19,17 @@ def shared_data() -> pathlib.Path:
         pytest.skip(f"real ReID data not found at {SHARED_DATA} "
                     "(set MGCAM_SHARED_DATA to the shared/data folder)")
     return SHARED_DATA
+
+
+def pytest_addoption(parser):
+    parser.addoption("--crash-full", action="store_true", default=False,
+                     help="tests/test_crashes.py: kill every long command at all its kill "
+                          "points (default: one kill point each)")
+    parser.addoption("--full-matrix", action="store_true", default=False,
+                     help="tests/test_bad_inputs.py: every bad file also for mgcam-train, "
+                          "-eval and -export (default: corrupt, missing mask, non-ASCII)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow_crash: a kill -9 test; reduced (one kill point) "
+                            "unless --crash-full")

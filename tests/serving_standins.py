@@ -290,10 +290,11 @@ def shared_export():
     (exporting costs several seconds)."""
     import keras
 
-    from mgcam_tf import export, training
+    from mgcam_tf.serving import export
+    from mgcam_tf.modeling import models
 
     keras.utils.set_random_seed(0)
-    model = training.ModelConfig(num_ids=5).build()
+    model = models.model_from_config(models.model_config(5))
     perturb_batch_norm(model)
     base = tempfile.mkdtemp(prefix="mgcam-shared-export-")
     atexit.register(shutil.rmtree, base, True)

@@ -6,6 +6,7 @@
 #   tools/reproduce.sh                      # from the repository root; resumable
 #   PYTHON=.venv/bin/python RUNS=/work/runs/cuhk03_pair1 tools/reproduce.sh
 #   PHASE=train tools/reproduce.sh          # trainings only (the long part)
+#   PHASE=evaluate tools/reproduce.sh       # evaluate the finished runs, table, preset
 #   TRIES=1 tools/reproduce.sh              # also the runs of "What we tried"
 #
 # Rerunning skips finished work: a training resumes from its last checkpoint (or
@@ -30,12 +31,62 @@ train() {  # row seed [extra flags...]
     --seed="$seed" --model_dir="$RUNS/${row}_s$seed" "${init[@]}" "${@:3}"
 }
 
-for item in $QUEUE; do
-  train "${item%%:*}" "${item##*:}"
-done
-# bfloat16 against float32: one row at full length in float32 (docs/RESULTS.md).
-echo "=== train mgcam_rgbm_s0_float32 $(date +%T)"
-"$PY" tools/train.py --flagfile=flags/cuhk03_pair1_mgcam_rgbm.flags --progress=false \
-  --seed=0 --model_dir="$RUNS/mgcam_rgbm_s0_float32" --mixed_precision=float32
+if [ "$PHASE" != evaluate ]; then
+  for item in $QUEUE; do
+    train "${item%%:*}" "${item##*:}"
+  done
+  # bfloat16 against float32: one row at full length in float32 (docs/RESULTS.md).
+  echo "=== train mgcam_rgbm_s0_float32 $(date +%T)"
+  "$PY" tools/train.py --flagfile=flags/cuhk03_pair1_mgcam_rgbm.flags --progress=false \
+    --seed=0 --model_dir="$RUNS/mgcam_rgbm_s0_float32" --mixed_precision=float32
+fi
 [ "$PHASE" = train ] && { echo "=== trained $(date +%T)"; exit 0; }
+
+finished() {  # run folder: its last checkpoint is at the total_steps it was started with
+  "$PY" - "$1" <<'PY'
+import json, pathlib, re, sys
+d = pathlib.Path(sys.argv[1])
+total = json.loads((d / "config.json").read_text())["settings"]["total_steps"]
+state = (d / "checkpoints" / "checkpoint").read_text() if (d / "checkpoints" / "checkpoint").is_file() else ""
+steps = re.findall(r'model_checkpoint_path: "ckpt-(\d+)"', state)
+sys.exit(0 if steps and int(steps[0]) >= total else 1)
+PY
+}
+
+METRICS="euclidean xqda kissme rerank xqda+rerank"
+evaluate() {  # run folder: features once (XQDA and KISSME need the training split's),
+  local dir=$1  # then every metric under both protocols, with per-query scores
+  [ -f "$dir/features.npz" ] || "$PY" tools/evaluate.py --model_dir="$dir" --data_dir=$DATA \
+      --layout=market1501 --metric=xqda --progress=false --save_features="$dir/features.npz"
+  for metric in $METRICS; do
+    for protocol in single_query all_queries; do
+      [ -f "$dir/eval_${metric}_$protocol.json" ] && continue
+      "$PY" tools/evaluate.py --features="$dir/features.npz" --metric="$metric" --ap=official \
+        --protocol="$protocol" --per_query --progress=false \
+        --json_out="$dir/eval_${metric}_$protocol.json"
+    done
+  done
+}
+for dir in "$RUNS"/*_s[0-9]*; do
+  if [ -d "$dir/checkpoints" ] && finished "$dir"; then
+    echo "=== evaluate $dir $(date +%T)"; evaluate "$dir"
+  else
+    echo "=== $dir: not finished, not evaluated (rerun the script to resume it)"
+  fi
+done
+echo "=== table $(date +%T)"
+"$PY" tools/results_table.py --runs_dir="$RUNS" --out_dir=docs --data_dir=$DATA \
+  --results_md=docs/RESULTS.md
+# The preset: the best MGCAM-Siamese RGB-M of the table by Euclidean all-queries mAP.
+best=$("$PY" - "$RUNS" <<'PY'
+import glob, json, sys
+runs = glob.glob(f"{sys.argv[1]}/mgcam_siamese_rgbm_s[0-9]*/eval_euclidean_all_queries.json")
+print(max(runs, key=lambda p: json.load(open(p))["mAP"]).rsplit("/", 1)[0] if runs else "")
+PY
+)
+if [ -n "$best" ]; then
+  echo "=== preset from $best $(date +%T)"
+  "$PY" tools/make_preset.py --model_dir="$best" --name=mgcam_siamese_cuhk03 --data_dir=$DATA \
+    --command="tools/reproduce.sh: flags/cuhk03_pair1_mgcam_rgbm.flags then flags/cuhk03_pair1_mgcam_siamese_rgbm.flags, seed ${best##*_s}"
+fi
 echo "=== done $(date +%T)"

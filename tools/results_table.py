@@ -1,15 +1,18 @@
-"""Results table and figures of docs/RESULTS.md from the JSONs tools/reproduce.sh writes.
+"""Results table, intervals and figures of docs/RESULTS.md from what tools/reproduce.sh writes.
 
   python tools/results_table.py --runs_dir=runs/cuhk03_pair1 --out_dir=docs \
-      --attention_row=mgcam_rgbm --data_dir=../shared/data/cuhk03_pair1
+      --data_dir=../shared/data/cuhk03_pair1
 
-Reads <runs_dir>/<row>/eval_<metric>.json (mgcam-eval --json_out) and prints
-and writes <out_dir>/results_table.md: one line per row, rank-1 / mAP (%) per
-metric. With figures on (the default) it also writes, under <out_dir>/figures/:
-  training_loss.png     total training loss of every row over iterations
-  loss_terms_<row>.png  the loss terms of each MGCAM row
-  rank1_curve.png       rank-1 and mAP (Euclidean) of --curve_row over iterations
-                        (<runs_dir>/<row>/curve/step_<N>.json + its final eval)
+Reads <runs_dir>/<row>_s<seed>/eval_<metric>_<protocol>.json (mgcam-eval --json_out
+--per_query) for every row and seed there is, and writes <out_dir>/results_table.md:
+per protocol, rank-1 / mAP (%) per metric as the mean +- standard deviation over
+seeds (n seeds); then the paired bootstrap 95 % intervals of the comparisons of
+the paper's claims (per-query scores averaged over the seeds both rows have);
+then each row's training time. With figures on (the default), under <out_dir>/figures/:
+  training_loss.png     total training loss of every row (seed 0) over iterations
+  loss_terms_<row>.png  the loss terms of each MGCAM row (seed 0)
+  rank1_curve.png       Euclidean rank-1 of every row (seed 0) over iterations,
+                        from eval_history.json (the evaluation callback)
   attention_maps.png    Phi+ of a few query images of --attention_row beside their masks
 Missing inputs are skipped with a line saying so; no plotting library is used.
 """
@@ -29,7 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from mgcam_tf.evaluation import reports  # noqa: E402  (numpy only, no TF)
+from mgcam_tf import atomic_files  # noqa: E402
+from mgcam_tf.evaluation import bootstrap, reports  # noqa: E402  (numpy only, no TF)
 
 ROWS = [("mscan_rgb", "MSCAN-body, RGB"),
         ("mscan_rgbm", "MSCAN-body, RGB-M"),
@@ -39,6 +43,14 @@ ROWS = [("mscan_rgb", "MSCAN-body, RGB"),
         ("mgcam_siamese_rgbm", "MGCAM-Siamese, RGB-M")]
 METRICS = [("euclidean", "Euclidean"), ("xqda", "XQDA"), ("kissme", "KISSME"),
            ("rerank", "Re-ranking"), ("xqda+rerank", "XQDA + re-ranking")]
+PROTOCOLS = [("single_query", "single query (200 queries)"),
+             ("all_queries", "all queries (975: every test image against the other camera)")]
+# The paper's claims as (label, row a, row b): the interval is of b - a.
+COMPARISONS = [("MGCAM vs MSCAN-body (RGB-M)", "mscan_rgbm", "mgcam_rgbm"),
+               ("RGB-M vs RGB (MSCAN-body)", "mscan_rgb", "mscan_rgbm"),
+               ("RGB-M vs RGB (MGCAM)", "mgcam_rgb", "mgcam_rgbm"),
+               ("soft vs hard attention (MGCAM RGB-M)", "mgcam_hard_rgbm", "mgcam_rgbm"),
+               ("Siamese vs not (MGCAM RGB-M)", "mgcam_rgbm", "mgcam_siamese_rgbm")]
 # Letters the built-in 5x7 font of mgcam_tf.evaluation.reports lacks (added for this
 # script's labels only; existing glyphs are left as they are).
 _EXTRA_GLYPHS = {
@@ -58,32 +70,100 @@ COLORS = [(40, 90, 215), (215, 40, 40), (40, 170, 60), (150, 150, 150),
           (230, 140, 20), (140, 50, 180)]
 
 
-def read_results(runs_dir: str, rows=ROWS, metrics=METRICS) -> dict:
-    """{row: {metric: {"rank1": .., "mAP": .., ...}}} of the eval JSONs that exist."""
+def seed_dirs(runs_dir: str, row: str) -> dict[int, str]:
+    """{seed: folder} of the row's runs (`<row>_s<seed>`)."""
+    found = {}
+    for path in glob.glob(os.path.join(runs_dir, f"{row}_s*")):
+        m = re.fullmatch(re.escape(row) + r"_s(\d+)", os.path.basename(path))
+        if m and os.path.isdir(path):
+            found[int(m.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def read_results(runs_dir: str, rows=ROWS, metrics=METRICS, protocols=PROTOCOLS) -> dict:
+    """{(row, metric, protocol): {seed: eval JSON}} of the JSONs that exist."""
     results = {}
     for row, _ in rows:
-        for metric, _ in metrics:
-            path = os.path.join(runs_dir, row, f"eval_{metric}.json")
-            if os.path.isfile(path):
-                with open(path) as f:
-                    results.setdefault(row, {})[metric] = json.load(f)
+        for seed, folder in seed_dirs(runs_dir, row).items():
+            for metric, _ in metrics:
+                for protocol, _ in protocols:
+                    path = os.path.join(folder, f"eval_{metric}_{protocol}.json")
+                    if os.path.isfile(path):
+                        with open(path) as f:
+                            results.setdefault((row, metric, protocol), {})[seed] = json.load(f)
     return results
 
 
-def table_markdown(results: dict, rows=ROWS, metrics=METRICS) -> str:
-    """Markdown table: rank-1 / mAP in % per metric; '-' where a JSON is missing."""
-    head = "| model | " + " | ".join(f"{label} R1 / mAP" for _, label in metrics) + " |"
-    lines = [head, "| --- |" + " --- |" * len(metrics)]
-    for row, label in rows:
-        cells = []
-        for metric, _ in metrics:
-            r = results.get(row, {}).get(metric)
-            cells.append("-" if r is None else f"{100 * r['rank1']:.2f} / {100 * r['mAP']:.2f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+def _cell(runs: dict) -> str:
+    if not runs:
+        return "-"
+    r1 = 100 * np.array([r["rank1"] for r in runs.values()])
+    ap = 100 * np.array([r["mAP"] for r in runs.values()])
+    if len(runs) == 1:
+        return f"{r1[0]:.2f} / {ap[0]:.2f} (1)"
+    return (f"{r1.mean():.2f} ± {r1.std(ddof=1):.2f} / {ap.mean():.2f} ± {ap.std(ddof=1):.2f}"
+            f" ({len(runs)})")
+
+
+def table_markdown(results: dict, rows=ROWS, metrics=METRICS, protocols=PROTOCOLS) -> str:
+    """Per protocol, a table of rank-1 / mAP in % (mean ± std over seeds, and their count)."""
+    lines = []
+    for protocol, title in protocols:
+        lines += [f"**{title}**", "",
+                  "| model | " + " | ".join(f"{label} R1 / mAP" for _, label in metrics) + " |",
+                  "| --- |" + " --- |" * len(metrics)]
+        for row, label in rows:
+            cells = [_cell(results.get((row, metric, protocol), {})) for metric, _ in metrics]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _per_query(runs: dict, seeds) -> tuple[np.ndarray, np.ndarray]:
+    """(AP, rank-1 hit) per query, averaged over `seeds`."""
+    aps = [np.array([np.nan if a is None else a for a in runs[s]["per_query"]["ap"]])
+           for s in seeds]
+    hits = [bootstrap.rank1_hits(np.array(runs[s]["per_query"]["first_match"])) for s in seeds]
+    return np.mean(aps, axis=0), np.mean(hits, axis=0)
+
+
+def intervals_markdown(results: dict, metric: str = "euclidean", protocols=PROTOCOLS,
+                       comparisons=COMPARISONS) -> str:
+    """Paired bootstrap 95 % intervals (10,000 resamples of the queries) of b - a."""
+    lines = [f"| comparison ({metric}) | protocol | seeds | rank-1 b - a [95 % CI] | "
+             "mAP b - a [95 % CI] |", "| --- | --- | --- | --- | --- |"]
+    for label, a, b in comparisons:
+        for protocol, _ in protocols:
+            ra = results.get((a, metric, protocol), {})
+            rb = results.get((b, metric, protocol), {})
+            seeds = sorted(set(ra) & set(rb))
+            seeds = [s for s in seeds if "per_query" in ra[s] and "per_query" in rb[s]]
+            if not seeds:
+                lines.append(f"| {label} | {protocol} | - | not run yet | not run yet |")
+                continue
+            ap_a, hit_a = _per_query(ra, seeds)
+            ap_b, hit_b = _per_query(rb, seeds)
+            cells = []
+            for x, y in ((hit_a, hit_b), (ap_a, ap_b)):
+                d = bootstrap.paired_bootstrap(x, y)
+                cells.append(f"{100 * d.difference:+.2f} [{100 * d.low:+.2f}, "
+                             f"{100 * d.high:+.2f}]")
+            lines.append(f"| {label} | {protocol} | {','.join(map(str, seeds))} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-# -- figures -----------------------------------------------------------------------
+def training_times(runs_dir: str, rows=ROWS) -> str:
+    """Wall time of each run, from the first to the last scalar of its TensorBoard log."""
+    lines = ["| run | steps | wall time (min) |", "| --- | --- | --- |"]
+    for row, _ in rows:
+        for seed, folder in seed_dirs(runs_dir, row).items():
+            times = read_wall_times(os.path.join(folder, "logs"))
+            if times:
+                (_, t0), (s1, t1) = times[0], times[-1]
+                lines.append(f"| {row}_s{seed} | {s1} | {(t1 - t0) / 60:.1f} |")
+    return "\n".join(lines) + "\n"
+
 
 def read_scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:
     """tag -> [(step, value)] sorted by step from every TensorBoard event file in log_dir."""
@@ -107,6 +187,21 @@ def read_scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:
         except tf.errors.DataLossError:  # a file still being written: keep what was read
             pass
     return {tag: sorted(points.items()) for tag, points in series.items()}
+
+
+def read_wall_times(log_dir: str, tag: str = "loss") -> list[tuple[int, float]]:
+    """[(step, wall time)] of one scalar's events (resumed runs: every segment)."""
+    import tensorflow as tf
+
+    out = []
+    for path in sorted(glob.glob(os.path.join(log_dir, "events.*"))):
+        try:
+            for event in tf.compat.v1.train.summary_iterator(path):
+                if any(v.tag in (tag, "loss/total") for v in event.summary.value):
+                    out.append((int(event.step), float(event.wall_time)))
+        except tf.errors.DataLossError:
+            pass
+    return sorted(out)
 
 
 def line_plot(series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str,
@@ -165,15 +260,17 @@ def loss_figures(runs_dir: str, fig_dir: str, rows=ROWS) -> list[str]:
     written = []
     totals = {}
     for row, _ in rows:
-        log_dir = os.path.join(runs_dir, row, "logs")
+        log_dir = os.path.join(seed_dirs(runs_dir, row).get(0, "-"), "logs")
         if not os.path.isdir(log_dir):
-            print(f"no logs for {row}: skipped in the loss plots")
+            print(f"no logs for {row} seed 0: skipped in the loss plots")
             continue
         scalars = read_scalars(log_dir)
-        if "loss" in scalars:
-            totals[row] = scalars["loss"]
+        total = scalars.get("loss/total", scalars.get("loss"))
+        if total:
+            totals[row] = total
         terms = {tag: pts for tag, pts in scalars.items()
-                 if tag.endswith("loss") and tag != "loss"}
+                 if (tag.endswith("loss") or tag.startswith("loss/"))
+                 and tag not in ("loss", "loss/total")}
         if terms and row.startswith("mgcam"):
             path = os.path.join(fig_dir, f"loss_terms_{row}.png")
             # The terms differ by orders of magnitude: plot log10 of each.
@@ -188,46 +285,51 @@ def loss_figures(runs_dir: str, fig_dir: str, rows=ROWS) -> list[str]:
     return written
 
 
-def rank1_figure(runs_dir: str, fig_dir: str, row: str) -> tuple[str | None, list]:
-    """rank-1 / mAP (Euclidean) of `row` over iterations; returns the path and the points."""
-    points = []
-    for path in glob.glob(os.path.join(runs_dir, row, "curve", "step_*.json")):
-        step = int(re.search(r"step_(\d+)\.json$", path).group(1))
-        with open(path) as f:
-            r = json.load(f)
-        points.append((step, r["rank1"], r["mAP"]))
-    final = os.path.join(runs_dir, row, "eval_euclidean.json")
-    config = os.path.join(runs_dir, row, "config.json")
-    if os.path.isfile(final) and os.path.isfile(config):
-        with open(config) as f:
-            step = int(json.load(f)["settings"]["total_steps"])
-        with open(final) as f:
-            r = json.load(f)
-        points.append((step, r["rank1"], r["mAP"]))
-    points.sort()
-    if not points:
-        print(f"no rank-1 curve points for {row}: skipped")
-        return None, []
+def _stage1_steps(folder: str) -> int:
+    """Steps of the stage-1 run a stage-2 run started from (0 for a stage-1 run), so
+    that a stage-2 curve continues its stage-1 curve."""
+    with open(os.path.join(folder, "config.json")) as f:
+        settings = json.load(f).get("settings", {})
+    init = settings.get("init_from")
+    if settings.get("stage") != "2" or not init or not os.path.isfile(
+            os.path.join(init, "config.json")):
+        return 0
+    with open(os.path.join(init, "config.json")) as f:
+        return int(json.load(f)["settings"]["total_steps"])
+
+
+def rank1_figure(runs_dir: str, fig_dir: str, rows=ROWS) -> tuple[str | None, dict]:
+    """Euclidean rank-1 of every row (seed 0) over iterations, from eval_history.json."""
+    curves = {}
+    for row, _ in rows:
+        folder = seed_dirs(runs_dir, row).get(0, "-")
+        path = os.path.join(folder, "eval_history.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                points = json.load(f)["points"]
+            curves[row] = [(p["step"] + _stage1_steps(folder), 100 * p["rank1"])
+                           for p in points]
+    if not curves:
+        print("no eval_history.json: rank-1 curve skipped")
+        return None, {}
     path = os.path.join(fig_dir, "rank1_curve.png")
-    image = line_plot({"rank-1 %": [(s, 100 * a) for s, a, _ in points],
-                       "mAP %": [(s, 100 * m) for s, _, m in points]},
-                      "ITERATION", f"EUCLIDEAN RANK-1 AND MAP {row}")
-    reports.write_png(path, image)
-    return path, points
+    reports.write_png(path, line_plot(curves, "ITERATION", "EUCLIDEAN RANK-1 % (SEED 0)"))
+    return path, curves
 
 
 def attention_figure(runs_dir: str, fig_dir: str, row: str, data_dir: str,
                      num_images: int = 6) -> str | None:
     """Query images, their masks and Phi+ (40x16, nearest-upscaled to 160x64) side by side."""
-    if not (data_dir and os.path.isdir(os.path.join(runs_dir, row, "checkpoints"))):
-        print(f"no checkpoint of {row} or no --data_dir: attention maps skipped")
+    folder = seed_dirs(runs_dir, row).get(0, "-")
+    if not (data_dir and os.path.isdir(os.path.join(folder, "checkpoints"))):
+        print(f"no checkpoint of {row} seed 0 or no --data_dir: attention maps skipped")
         return None
     import tensorflow as tf
 
-    from mgcam_tf import training
+    from mgcam_tf.training import run_dir
     from mgcam_tf.data import layouts, preprocess
 
-    model = training.load_trained_model(os.path.join(runs_dir, row))
+    model = run_dir.load_trained_model(folder)
     query = layouts.load_dataset(data_dir, layout="market1501").query
     # Evenly spread query images (different ids).
     picks = np.linspace(0, len(query) - 1, num_images).astype(int)
@@ -259,30 +361,41 @@ def main(argv=None) -> int:
     parser.add_argument("--out_dir", default="docs")
     parser.add_argument("--data_dir", default="", help="data set (for the attention maps)")
     parser.add_argument("--attention_row", default="mgcam_rgbm")
-    parser.add_argument("--curve_row", default="mgcam_rgbm")
     parser.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--rows", default="", help="comma-separated run folders to tabulate "
-                        "instead of the six rows of the table (labelled by folder name)")
+    parser.add_argument("--results_md", default="", help="also replace the text between "
+                        "the '<!-- results_table.md begin/end -->' markers of this file")
+    parser.add_argument("--rows", default="", help="comma-separated rows (folders "
+                        "<row>_s<seed>) to tabulate instead of the six of the table")
     args = parser.parse_args(argv)
 
     rows = ROWS
     if args.rows:
         rows = [(name, name) for name in args.rows.split(",") if name]
     results = read_results(args.runs_dir, rows)
-    table = table_markdown(results, rows)
-    print(table, end="")
+    text = (table_markdown(results, rows) + "\n" + intervals_markdown(results)
+            + "\n" + (training_times(args.runs_dir, rows) if args.figures else ""))
+    print(text, end="")
     os.makedirs(args.out_dir, exist_ok=True)
-    reports.write_atomic(os.path.join(args.out_dir, "results_table.md"), table.encode())
+    atomic_files.write_text(os.path.join(args.out_dir, "results_table.md"), text)
+    if args.results_md:
+        page = open(args.results_md, encoding="utf-8").read()
+        begin, end = "<!-- results_table.md begin -->", "<!-- results_table.md end -->"
+        if begin not in page or end not in page:
+            print(f"{args.results_md}: no {begin} ... {end} markers; left as it is")
+        else:
+            head, rest = page.split(begin, 1)
+            page = head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1]
+            atomic_files.write_text(args.results_md, page)
     if args.figures:
         fig_dir = os.path.join(args.out_dir, "figures")
         os.makedirs(fig_dir, exist_ok=True)
         for path in loss_figures(args.runs_dir, fig_dir, rows):
             print(f"wrote {path}")
-        path, points = rank1_figure(args.runs_dir, fig_dir, args.curve_row)
+        path, curves = rank1_figure(args.runs_dir, fig_dir, rows)
         if path:
             print(f"wrote {path}")
-            for step, r1, m in points:
-                print(f"{args.curve_row} step {step}: rank-1 {100 * r1:.2f} mAP {100 * m:.2f}")
+            for row, points in curves.items():
+                print(f"{row} rank-1 %: " + " ".join(f"{s}:{v:.1f}" for s, v in points))
         path = attention_figure(args.runs_dir, fig_dir, args.attention_row, args.data_dir)
         if path:
             print(f"wrote {path}")

@@ -8,7 +8,19 @@ Features come from a trained model directory, an exported SavedModel, or an
 .npz file with query_features, query_pids, query_camids, gallery_features,
 gallery_pids, gallery_camids (and train_features, train_pids for XQDA/KISSME;
 query_paths, gallery_paths for --ranked_png). --save_features writes such a
-file from a model run, so that other metrics can be tried without the network.
+file from a model run, so that other metrics can be tried without the network;
+it records the model's fingerprint (key model_fingerprint). --features with
+--saved_model, --model_dir or --preset evaluates the file only if it holds
+that model's features (refused, naming both fingerprints, otherwise):
+
+  mgcam-eval --features=features.npz --saved_model=export/mgcam --metric=euclidean
+
+Cross-domain: a target set may be test-only (query/ and bounding_box_test/,
+no training folder); XQDA/KISSME then learn on --train_data_dir's training
+split. Several targets in one run give one table (a row per set):
+
+  mgcam-eval --model_dir=runs/market1501_stage2 --data_dir=/data/DukeMTMC-reID,/data/cuhk03_test \
+      --metric=kissme+rerank --train_data_dir=/data/Market-1501
 """
 
 from __future__ import annotations
@@ -19,7 +31,9 @@ import time
 
 from absl import app, flags
 
-from mgcam_tf.cli.common import ProgressBar, one_line_errors
+from mgcam_tf.cli.common import (ProgressBar, check_numbers, define_preset_flag,
+                                 model_dir_or_preset, run_tool)
+from mgcam_tf import atomic_files
 
 FLAGS = flags.FLAGS
 
@@ -32,7 +46,12 @@ NPZ_REQUIRED = ("query_features", "query_pids", "query_camids",
 flags.DEFINE_string("features", "", "An .npz of precomputed features (keys in the module doc).")
 flags.DEFINE_string("model_dir", "", "A training run's model directory (latest checkpoint).")
 flags.DEFINE_string("saved_model", "", "An exported SavedModel (its serving_default signature).")
-flags.DEFINE_string("data_dir", "", "Data set folder, with --model_dir or --saved_model.")
+define_preset_flag("--model_dir")
+flags.DEFINE_multi_string("data_dir", [], "Target data set folder(s), with --model_dir or "
+                          "--saved_model: repeated or comma-separated for several targets "
+                          "(one table). A test-only set (query/ and bounding_box_test/) works.")
+flags.DEFINE_string("train_data_dir", "", "Data set whose training split XQDA/KISSME learn on "
+                    "(default: each target's own; required for a test-only target).")
 flags.DEFINE_enum("layout", "auto", ["auto", "market1501", "dukemtmc", "cuhk03",
                                      "cuhk03_labeled", "cuhk03_detected", "mars",
                                      "folders", "manifest"], "Layout of --data_dir.")
@@ -53,13 +72,21 @@ flags.DEFINE_float("lambda_value", 0.3, "Re-ranking lambda (weight of the origin
 flags.DEFINE_string("ap", "official",
                     "official: Market-1501 MATLAB scorer (trapezoid between recall steps); "
                     "step: non-interpolated AP of most Python toolkits.")
+flags.DEFINE_enum("protocol", "single_query", ["single_query", "all_queries"],
+                  "single_query: the data set's query/gallery split; all_queries: every "
+                  "test image (query and gallery) in turn the query against the other "
+                  "cameras' images (975 queries on CUHK03 pair 1 instead of 200).")
 # -- outputs ---------------------------------------------------------------------------
 flags.DEFINE_string("json_out", "", "Write rank1/5/10/20 and mAP (fractions) and the settings here.")
 flags.DEFINE_string("cmc_png", "", "Write the CMC curve (ranks 1-50) to this PNG.")
 flags.DEFINE_string("ranked_png", "", "Write the ranked lists of --ranked_queries queries "
                     "(top 10, green = match, red = miss) to this PNG.")
 flags.DEFINE_integer("ranked_queries", 8, "Queries shown in --ranked_png.")
+flags.DEFINE_bool("per_query", False, "Add each query's AP and first-match position to "
+                  "--json_out (for paired bootstrap intervals, tools/bootstrap.py).")
 flags.DEFINE_bool("progress", True, "Progress lines on stderr.")
+check_numbers("batch_size", "k1", "k2", "ranked_queries", low=1)
+check_numbers("lambda_value", low=0, high=1)
 
 
 def load_npz(path: str, need_train: bool, need_paths: bool) -> dict:
@@ -68,13 +95,20 @@ def load_npz(path: str, need_train: bool, need_paths: bool) -> dict:
 
     from mgcam_tf.errors import ConfigError, DataError
 
+    import zipfile
+
     if not os.path.isfile(path):
         raise ConfigError(f"--features={path}: file not found")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz of named arrays")
+        with loaded as npz:
             data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as err:
-        raise DataError(f"--features={path}: not a readable .npz ({err})") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        why = str(err) or type(err).__name__
+        raise DataError(f"--features={path}: not a readable .npz, truncated or another "
+                        f"format ({why})") from None
     for key in NPZ_REQUIRED:
         if key not in data:
             raise ConfigError(f"--features={path}: missing key {key!r}")
@@ -91,105 +125,111 @@ def load_npz(path: str, need_train: bool, need_paths: bool) -> dict:
     return data
 
 
-class _SavedModelFeatures:
-    """Feeds rgbm batches to an exported SavedModel and returns its feature output.
-
-    `mgcam_tf.export` writes a `serving_rgbm` signature (input `rgbm` float32
-    [N, 160, 64, 4], output `embedding`) beside `serving_default` (uint8 image
-    and mask): the evaluation pipeline already yields preprocessed rgbm, so
-    any signature with such an input is used, `serving_rgbm` first.
-    """
-
-    def __init__(self, path: str):
-        import tensorflow as tf
-
-        from mgcam_tf.errors import ConfigError
-
-        path = self._resolve(path)
-        try:
-            self.loaded = tf.saved_model.load(path)
-        except (OSError, ValueError, tf.errors.OpError) as err:
-            raise ConfigError(f"--saved_model={path}: cannot load ({str(err).splitlines()[0]})") \
-                from None
-        names = sorted(self.loaded.signatures, key=lambda n: (n != "serving_rgbm", n))
-        found = []
-        self.fn = self.input_name = None
-        for name in names:
-            fn = self.loaded.signatures[name]
-            _, inputs = fn.structured_input_signature
-            for arg, spec in inputs.items():
-                found.append(f"{name}({arg} {spec.dtype.name} {spec.shape})")
-            if len(inputs) == 1:
-                (arg, spec), = inputs.items()
-                if spec.dtype == tf.float32 and spec.shape.as_list()[1:] == [160, 64, 4]:
-                    self.fn, self.input_name = fn, arg
-                    break
-        if self.fn is None:
-            raise ConfigError(
-                f"--saved_model={path}: no signature takes the preprocessed rgbm batch "
-                f"float32 [N, 160, 64, 4] (found {', '.join(found) or 'no signature'}); "
-                "export with mgcam_tf.export, or evaluate the --model_dir")
-
-    @staticmethod
-    def _resolve(path: str) -> str:
-        """An export base (folders 1, 2, ...) means its newest version."""
-        from mgcam_tf.errors import ConfigError
-
-        if not os.path.isdir(path):
-            raise ConfigError(f"--saved_model={path}: folder not found")
-        if os.path.isfile(os.path.join(path, "saved_model.pb")):
-            return path
-        versions = [int(v) for v in os.listdir(path)
-                    if v.isdigit() and os.path.isfile(os.path.join(path, v, "saved_model.pb"))]
-        if not versions:
-            raise ConfigError(f"--saved_model={path}: no saved_model.pb here nor in a "
-                              "numbered version folder")
-        return os.path.join(path, str(max(versions)))
-
-    def __call__(self, x: dict):
-        return self.fn(**{self.input_name: x["rgbm"]})
+def target_dirs() -> list[str]:
+    """--data_dir's folders: repeated flags and comma-separated lists alike."""
+    return [d.strip() for value in FLAGS.data_dir for d in value.split(",") if d.strip()]
 
 
-def _model_features(need_train: bool) -> dict:
-    """Features of query, gallery (and train) from --model_dir or --saved_model."""
+FINGERPRINT_KEY = "model_fingerprint"
+
+
+def _source_fingerprint() -> tuple[str, str]:
+    """(flag, fingerprint) of the model flag given: the export's fingerprint
+    (`SavedModelEmbedder.fingerprint`, as in extraction.json) or the model
+    directory's (`run_dir.model_fingerprint`), without loading the model."""
+    if FLAGS.model_dir or FLAGS.preset:
+        from mgcam_tf.training import run_dir
+
+        flag = f"--model_dir={FLAGS.model_dir}" if FLAGS.model_dir else f"--preset={FLAGS.preset}"
+        return flag, run_dir.model_fingerprint(model_dir_or_preset())
+    import types
+
+    from mgcam_tf.serving import export
+    from mgcam_tf.serving.loader import SavedModelEmbedder
+
+    export_dir = export.resolve_export(FLAGS.saved_model)
+    return (f"--saved_model={FLAGS.saved_model} ({export_dir})",
+            SavedModelEmbedder.fingerprint.fget(types.SimpleNamespace(export_dir=export_dir)))
+
+
+def check_fingerprint(data: dict) -> None:
+    """--features with a model flag: the file must hold that model's features."""
+    from mgcam_tf.errors import ConfigError
+
+    flag, want = _source_fingerprint()
+    stored = data.get(FINGERPRINT_KEY)
+    if stored is None:
+        raise ConfigError(f"--features={FLAGS.features} records no {FINGERPRINT_KEY}, so it "
+                          f"cannot be checked against {flag} (model {want}); drop {flag.split('=')[0]} "
+                          "or write the file again with --save_features")
+    if str(stored) != want:
+        raise ConfigError(f"--features={FLAGS.features} holds features of model {stored}, but "
+                          f"{flag} is model {want}; extract them again with this model")
+
+
+def _load_model():
+    if FLAGS.model_dir or FLAGS.preset:
+        from mgcam_tf.training import run_dir
+        return run_dir.load_trained_model(model_dir_or_preset())
+    from mgcam_tf.serving.loader import SavedModelEmbedder
+    return SavedModelEmbedder(FLAGS.saved_model)
+
+
+def _split_arrays(model, name: str, split, label: str = "") -> dict:
     import numpy as np
 
-    from mgcam_tf.data import layouts
-    from mgcam_tf.errors import ConfigError
     from mgcam_tf.evaluation import features as feat_lib
 
-    if not FLAGS.data_dir:
-        raise ConfigError("--data_dir is required with --model_dir or --saved_model")
-    if FLAGS.model_dir:
-        from mgcam_tf import training  # the trainer's module, only when a model is evaluated
-        model = training.load_trained_model(FLAGS.model_dir)
-    else:
-        model = _SavedModelFeatures(FLAGS.saved_model)
-    dataset = layouts.load_dataset(FLAGS.data_dir, layout=FLAGS.layout,
+    out = feat_lib.split_features(model, split, batch_size=FLAGS.batch_size,
+                                  flip_average=FLAGS.flip_average,
+                                  progress=ProgressBar(f"{label}{name} features",
+                                                       enabled=FLAGS.progress))
+    return {f"{name}_features": out.features, f"{name}_pids": out.pids,
+            f"{name}_camids": out.camids, f"{name}_paths": np.array(out.paths, dtype=str)}
+
+
+def _model_features(model, data_dir: str, need_train: bool, train_data: dict | None,
+                    label: str = "") -> dict:
+    """Features of query, gallery (and train) of one target set.
+
+    train_data: the training features of --train_data_dir, extracted once for
+    every target; None: the target's own training split.
+    """
+    from mgcam_tf.data import layouts
+
+    dataset = layouts.load_dataset(data_dir, layout=FLAGS.layout,
                                    missing_masks=FLAGS.missing_masks)
     data = {}
-    splits = ["query", "gallery"] + (["train"] if need_train else [])
-    for name in splits:
-        split = getattr(dataset, name)
-        out = feat_lib.split_features(model, split, batch_size=FLAGS.batch_size,
-                                      flip_average=FLAGS.flip_average,
-                                      progress=ProgressBar(f"{name} features", FLAGS.progress))
-        data[f"{name}_features"] = out.features
-        data[f"{name}_pids"] = out.pids
-        data[f"{name}_camids"] = out.camids
-        data[f"{name}_paths"] = np.array(out.paths, dtype=str)
+    for name in ("query", "gallery"):
+        data.update(_split_arrays(model, name, getattr(dataset, name), label))
+    if need_train:
+        if train_data is None:
+            train = dataset.require_train(f"--metric={FLAGS.metric} (or give --train_data_dir)")
+            train_data = _split_arrays(model, "train", train, label)
+        data.update(train_data)
     data["dataset"] = dataset.name
     return data
+
+
+def _train_features(model) -> dict | None:
+    """--train_data_dir's training features, or None when it is not given."""
+    from mgcam_tf.data import layouts
+
+    if not FLAGS.train_data_dir:
+        return None
+    dataset = layouts.load_dataset(FLAGS.train_data_dir, layout="auto",
+                                   missing_masks=FLAGS.missing_masks)
+    return _split_arrays(model, "train", dataset.require_train(
+        f"--train_data_dir={FLAGS.train_data_dir}"), "source ")
 
 
 def _save_npz(path: str, data: dict) -> None:
     import numpy as np
 
-    from mgcam_tf.evaluation import reports
 
     buffer = io.BytesIO()
     np.savez(buffer, **{k: v for k, v in data.items() if isinstance(v, np.ndarray)})
-    reports.write_atomic(path, buffer.getvalue())
+    atomic_files.write_bytes(path, buffer.getvalue())
 
 
 def main(argv):
@@ -198,12 +238,14 @@ def main(argv):
     import numpy as np
 
     from mgcam_tf.errors import ConfigError
-    from mgcam_tf.evaluation import distances, metrics, reports
+    from mgcam_tf.evaluation import distances, evaluator, metrics, reports
 
-    sources = [s for s in ("features", "model_dir", "saved_model") if getattr(FLAGS, s)]
-    if len(sources) != 1:
-        raise ConfigError("give exactly one of --features, --model_dir, --saved_model "
-                          f"(got {', '.join('--' + s for s in sources) or 'none'})")
+    sources = [s for s in ("features", "model_dir", "saved_model", "preset") if getattr(FLAGS, s)]
+    models_given = [s for s in sources if s != "features"]
+    if len(models_given) > 1 or not sources:
+        raise ConfigError("give exactly one of --features, --model_dir, --saved_model, --preset "
+                          "(or --features with one of the others, to check the file is that "
+                          f"model's) (got {', '.join('--' + s for s in sources) or 'none'})")
     base, use_rerank = distances.parse_metric(FLAGS.metric)   # ConfigError names the choices
     if FLAGS.ap not in metrics.AP_MODES:
         raise ConfigError(f"--ap must be one of {', '.join(metrics.AP_MODES)}; got {FLAGS.ap!r}")
@@ -219,57 +261,124 @@ def main(argv):
                           "with --features they are already in a file")
     if FLAGS.ranked_queries < 1:
         raise ConfigError(f"--ranked_queries must be >= 1, got {FLAGS.ranked_queries}")
-    if FLAGS.features:
-        data = load_npz(FLAGS.features, need_train, bool(FLAGS.ranked_png))
-        source = {"features": FLAGS.features}
-    else:
-        data = _model_features(need_train)
-        source = {sources[0]: getattr(FLAGS, sources[0]), "data_dir": FLAGS.data_dir,
-                  "dataset": data.pop("dataset")}
-        if FLAGS.save_features:
-            _save_npz(FLAGS.save_features, data)
-
-    t0 = time.perf_counter()
-    dist = distances.compute_distances(
-        data["query_features"], data["gallery_features"], FLAGS.metric,
-        train_features=data.get("train_features"), train_pids=data.get("train_pids"),
-        k1=FLAGS.k1, k2=FLAGS.k2, lambda_value=FLAGS.lambda_value,
-        progress=ProgressBar("re-ranking", FLAGS.progress and use_rerank))
-    t_dist = time.perf_counter() - t0
-    result = metrics.evaluate(dist, data["query_pids"], data["query_camids"],
-                              data["gallery_pids"], data["gallery_camids"], ap=FLAGS.ap)
-    settings = {"metric": FLAGS.metric, "ap": FLAGS.ap}
+    targets = target_dirs()
+    if not FLAGS.features and not targets:
+        raise ConfigError("--data_dir is required with --model_dir or --saved_model")
+    if len(targets) > 1:
+        for flag in ("save_features", "ranked_png"):
+            if getattr(FLAGS, flag):
+                raise ConfigError(f"--{flag} takes one target; got {len(targets)} --data_dir sets")
+    if FLAGS.ranked_png and FLAGS.protocol != "single_query":
+        raise ConfigError("--ranked_png shows the single_query protocol's lists; "
+                          "drop it or use --protocol=single_query")
+    judge = evaluator.ReidEvaluator(FLAGS.metric, FLAGS.ap, FLAGS.protocol, k1=FLAGS.k1,
+                                    k2=FLAGS.k2, lambda_value=FLAGS.lambda_value)
+    settings = {"metric": FLAGS.metric, "ap": FLAGS.ap, "protocol": FLAGS.protocol}
     if use_rerank:
         settings.update(k1=FLAGS.k1, k2=FLAGS.k2, lambda_value=FLAGS.lambda_value)
     if not FLAGS.features:
         settings["flip_average"] = FLAGS.flip_average
-    summary = result.summary()
-    print(reports.format_table(summary, settings, result.num_valid, result.num_invalid))
-    if FLAGS.json_out:
+    if need_train and FLAGS.train_data_dir:
+        settings["train_data_dir"] = FLAGS.train_data_dir
+
+    if FLAGS.features:
+        data = load_npz(FLAGS.features, need_train, bool(FLAGS.ranked_png))
+        source = {"features": FLAGS.features}
+        if models_given:
+            check_fingerprint(data)
+        if FINGERPRINT_KEY in data:
+            source[FINGERPRINT_KEY] = str(data[FINGERPRINT_KEY])
+        runs = [(None, data, source)]
+    else:
+        fingerprint = _source_fingerprint()[1]
+        model = _load_model()
+        train_data = _train_features(model) if need_train else None
+        runs = []
+        for target in targets:
+            label = f"{_target_name(target)}: " if len(targets) > 1 else ""
+            data = _model_features(model, target, need_train, train_data, label)
+            source = {sources[0]: getattr(FLAGS, sources[0]), "data_dir": target,
+                      "dataset": data.pop("dataset"), FINGERPRINT_KEY: fingerprint}
+            data[FINGERPRINT_KEY] = np.array(fingerprint)
+            runs.append((target, data, source))
+        if FLAGS.save_features:
+            _save_npz(FLAGS.save_features, runs[0][1])
+
+    rows, payloads, curves = [], {}, {}
+    for target, data, source in runs:
+        query, gallery, train = _split_features(data)
+        t0 = time.perf_counter()
+        result = judge.evaluate(query, gallery, train, progress=ProgressBar(
+            "re-ranking", enabled=FLAGS.progress and use_rerank)).result
+        t_dist = time.perf_counter() - t0
+        summary = result.summary()
         payload = dict(summary)
         payload.update(num_query=result.num_query, num_valid=result.num_valid,
                        num_invalid=result.num_invalid,
                        num_gallery=int(np.asarray(data["gallery_pids"]).shape[0]),
                        distance_seconds=round(t_dist, 3), settings={**settings, **source})
-        reports.write_json(FLAGS.json_out, payload)
+        if FLAGS.per_query:
+            payload["per_query"] = {"ap": [None if np.isnan(a) else float(a) for a in result.ap],
+                                    "first_match": result.first_match.tolist()}
+        name = _target_name(target) if target else "features"
+        rows.append((name, summary, result))
+        payloads[name] = payload
+        curves[name if len(runs) > 1 else FLAGS.metric] = result.cmc
+    if len(rows) == 1:
+        _, summary, result = rows[0]
+        print(reports.format_table(summary, settings, result.num_valid, result.num_invalid))
+    else:
+        print(reports.format_targets_table([(n, s, r.num_valid) for n, s, r in rows], settings))
+    if FLAGS.json_out:
+        atomic_files.write_json(FLAGS.json_out, next(iter(payloads.values())) if len(runs) == 1
+                                else {"settings": settings, "targets": payloads})
     if FLAGS.cmc_png:
-        reports.write_cmc_curve(FLAGS.cmc_png, {FLAGS.metric: result.cmc})
+        reports.write_cmc_curve(FLAGS.cmc_png, curves)
     if FLAGS.ranked_png:
+        data = runs[0][1]
         if "query_paths" not in data:
             raise ConfigError("--ranked_png needs query_paths and gallery_paths")
 
         def paths(key):  # str, or bytes from an npz written elsewhere
             return [p.decode() if isinstance(p, bytes) else str(p) for p in data[key].tolist()]
 
+        query, gallery, train = _split_features(data)
+        dist = judge.distances(query, gallery, train)
         reports.write_ranked_list(
             FLAGS.ranked_png, dist, paths("query_paths"), paths("gallery_paths"),
             data["query_pids"], data["query_camids"],
             data["gallery_pids"], data["gallery_camids"], num_queries=FLAGS.ranked_queries)
 
 
+def _target_name(data_dir: str) -> str:
+    return os.path.basename(os.path.normpath(data_dir)) or data_dir
+
+
+def _split_features(data: dict):
+    """Query, gallery and (when present) train SplitFeatures of one target's arrays."""
+    import numpy as np
+
+    from mgcam_tf.evaluation.features import SplitFeatures
+
+    def items(split):
+        paths = data.get(f"{split}_paths")
+        paths = () if paths is None else tuple(
+            p.decode() if isinstance(p, bytes) else str(p) for p in paths.tolist())
+        return SplitFeatures(np.asarray(data[f"{split}_features"]),
+                             np.asarray(data[f"{split}_pids"]),
+                             np.asarray(data[f"{split}_camids"]), paths)
+
+    train = None
+    if "train_features" in data:
+        train = SplitFeatures(np.asarray(data["train_features"]),
+                              np.asarray(data["train_pids"]),
+                              np.zeros(len(data["train_pids"]), np.int64), ())
+    return items("query"), items("gallery"), train
+
+
 def run():
     """Console-script entry point of mgcam-eval."""
-    app.run(one_line_errors(main))
+    run_tool(main, __name__)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 
 from absl import app, flags
 
-from mgcam_tf.cli.common import ProgressBar, one_line_errors
+from mgcam_tf.cli.common import ProgressBar, quiet_tflite_start, run_tool
 
 FLAGS = flags.FLAGS
 
@@ -46,15 +46,21 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # Imported here so that --help and flag errors answer without loading TF.
-    from mgcam_tf import masks
+    from mgcam_tf.segmentation import writer
 
-    images, mask_paths = masks.mask_jobs(FLAGS.data_dir)
+    images, mask_paths = writer.mask_jobs(FLAGS.data_dir)
+    if images:
+        from mgcam_tf.segmentation import model_file
+
+        model_path = model_file.resolve_model_path(FLAGS.model_path or None,
+                                                   FLAGS.cache_dir or None)
+        quiet_tflite_start(model_path)
     folders = len({os.path.dirname(m) for m in mask_paths})
     bad: list[tuple[str, Exception]] = []
     bar = ProgressBar("masks", len(images), FLAGS.progress)
     start = time.monotonic()
     try:
-        written = masks.write_masks(
+        written = writer.write_masks(
             images, mask_paths, model_path=FLAGS.model_path or None,
             num_workers=FLAGS.num_workers or None, progress=bar.advance,
             on_bad_image=(lambda path, err: bad.append((path, err)))
@@ -77,7 +83,7 @@ def main(argv):
 def run():
     """Console-script entry point of mgcam-masks."""
     flags.mark_flag_as_required("data_dir")
-    app.run(one_line_errors(main))
+    run_tool(main, __name__)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,14 @@
       --sheet=result.html --json_out=result.json q1.jpg
 
 --gallery is a folder of images (embedded now; give --gallery_features to
-keep the features for next time) or an output folder of mgcam-extract.
+keep the features for next time), an output folder of mgcam-extract, or a
+gallery index folder (mgcam-extract --index_dir): exact search for flat
+indexes (up to 200,000 images by default), approximate for ivf/hnsw ones
+unless --exact; --nprobe trades speed for recall on an IVF index.
 Prints each query's top-k gallery images with their Euclidean distances;
---sheet writes them as an HTML page or a PNG image. Masks as in mgcam-extract.
+--sheet writes them as an HTML page (self-contained: thumbnails inline) or a PNG
+image, with the model and settings, right and wrong matches marked when the
+file names carry ids (Market-style `0002_c1...`). Masks as in mgcam-extract.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ from __future__ import annotations
 import os
 import tempfile
 
-from absl import app, flags
+from absl import flags
 
-from mgcam_tf.cli.common import one_line_errors
+from mgcam_tf.cli.common import define_preset_flag, require_one_of, run_tool, saved_model_or_preset
+from mgcam_tf import atomic_files
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("saved_model", None, "Export of mgcam-export (base or version folder).")
+define_preset_flag("--saved_model")
 flags.DEFINE_string("gallery", None, "Folder of gallery images, or an mgcam-extract output folder.")
 flags.DEFINE_string("gallery_features", "", "With an image folder as --gallery: keep its "
                     "features here (an mgcam-extract output folder, resumed if present).")
@@ -32,14 +39,23 @@ flags.DEFINE_enum("mask_policy", "auto", ["auto", "files", "generate", "full_bod
                   "Masks of images without one (see mgcam-extract).")
 flags.DEFINE_string("mask_model", "", "BlazePose-full .tflite; empty: $MGCAM_MASK_MODEL or fetched.")
 flags.DEFINE_integer("batch_size", 64, "Images per forward pass.")
+flags.DEFINE_bool("exact", False, "With an index as --gallery: brute-force search over all "
+                  "its features even if the index is approximate.")
+flags.DEFINE_integer("nprobe", 0, "With an IVF index: cells searched per query "
+                     "(0: the value stored with the index; more = higher recall, slower).")
+from mgcam_tf.cli.common import check_numbers  # noqa: E402
+check_numbers("top_k", "batch_size", low=1)
+check_numbers("nprobe", low=0)
 
 
 def main(argv):
     queries = argv[1:]
-    from mgcam_tf import extraction, search, user_images
-    from mgcam_tf.embedder import SavedModelEmbedder
+    from mgcam_tf.retrieval import extraction
+    from mgcam_tf.retrieval import index
+    from mgcam_tf.retrieval import search
+    from mgcam_tf.retrieval import user_images
+    from mgcam_tf.serving.loader import SavedModelEmbedder
     from mgcam_tf.errors import ConfigError, DataError
-    from mgcam_tf.evaluation import reports
 
     if not queries:
         raise ConfigError("give one or more query images after the flags")
@@ -51,41 +67,66 @@ def main(argv):
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
-    embedder = SavedModelEmbedder(FLAGS.saved_model)
+    embedder = SavedModelEmbedder(saved_model_or_preset())
     with tempfile.TemporaryDirectory(prefix="mgcam-search-") as tmp:
-        if extraction.is_feature_folder(FLAGS.gallery):
+        if index.is_index(FLAGS.gallery):
+            gallery = index.open_index(FLAGS.gallery)
+            if gallery.fingerprint != embedder.fingerprint:
+                raise ConfigError(f"--gallery={FLAGS.gallery}: an index of model "
+                                  f"{gallery.fingerprint}, but --saved_model is model "
+                                  f"{embedder.fingerprint}")
+        elif extraction.is_feature_folder(FLAGS.gallery):
+            stored = extraction.read_fingerprint(FLAGS.gallery)
+            if stored != embedder.fingerprint:
+                raise ConfigError(f"--gallery={FLAGS.gallery}: features of model {stored} "
+                                  f"(extraction.json), but --saved_model is model "
+                                  f"{embedder.fingerprint} ({embedder.export_dir}); extract "
+                                  "the gallery again with this export")
             gallery = extraction.load_features(FLAGS.gallery)
         else:
             out = FLAGS.gallery_features or os.path.join(tmp, "gallery")
             gallery = extraction.extract_folder(
                 embedder, FLAGS.gallery, out, mask_policy=FLAGS.mask_policy,
                 model_path=FLAGS.mask_model or None, batch_size=FLAGS.batch_size)
+        # An export with the mask model in its graph makes the missing masks itself.
         masks = user_images.resolve_masks(queries, FLAGS.mask_policy,
                                           cache_dir=os.path.join(tmp, "masks"),
-                                          model_path=FLAGS.mask_model or None)
-        query_features = embedder.embed_files(queries, masks, batch_size=FLAGS.batch_size)
+                                          model_path=FLAGS.mask_model or None,
+                                          in_graph=embedder.has_mask_in_graph)
+        query_features = embedder.embed_images(queries, masks, batch_size=FLAGS.batch_size)
     if query_features.shape[1] != gallery.features.shape[1]:
         raise DataError(f"--gallery={FLAGS.gallery}: features of size {gallery.features.shape[1]}, "
                         f"the export makes {query_features.shape[1]}: extract it with this export")
-    results = search.search(query_features, gallery, FLAGS.top_k)
+    if index.is_index(FLAGS.gallery):
+        results = search.search(query_features, gallery, FLAGS.top_k, exact=FLAGS.exact or None,
+                                nprobe=FLAGS.nprobe or None)
+    else:
+        results = search.search(query_features, gallery, FLAGS.top_k)
     for q, matches in zip(queries, results):
         print(f"query {q}")
         for m in matches:
             who = f"  id {m.pid}" if m.pid >= 0 else ""
             print(f"  {m.rank:3d}  {m.distance:8.4f}  {m.path}{who}")
     if FLAGS.json_out:
-        reports.write_json(FLAGS.json_out, {"queries": [
+        atomic_files.write_json(FLAGS.json_out, {"queries": [
             {"query": q, "matches": [vars(m) for m in matches]} for q, matches in zip(queries, results)]})
     if FLAGS.sheet:
-        search.write_sheet(FLAGS.sheet, queries, results)
+        preset = embedder.metadata.get("preset", {})
+        approximate = index.is_index(FLAGS.gallery) and not FLAGS.exact and \
+            gallery.index_type != "flat"
+        settings = {"export": str(embedder.export_dir), "fingerprint": embedder.fingerprint,
+                    "preset": preset.get("name", "") if isinstance(preset, dict) else "",
+                    "gallery": FLAGS.gallery, "top_k": FLAGS.top_k, "distance": "euclidean",
+                    "search": f"approximate ({gallery.index_type})" if approximate else "exact"}
+        search.write_sheet(FLAGS.sheet, queries, results, settings)
         print(f"sheet: {FLAGS.sheet}")
 
 
 def run():
     """Console-script entry point of mgcam-search."""
-    flags.mark_flag_as_required("saved_model")
+    require_one_of("saved_model", "preset")
     flags.mark_flag_as_required("gallery")
-    app.run(one_line_errors(main))
+    run_tool(main, __name__)
 
 
 if __name__ == "__main__":

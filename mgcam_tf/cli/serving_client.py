@@ -3,6 +3,7 @@
   mgcam-serving-client --protocol=rest --server=localhost:8501 A.jpg B.jpg
   mgcam-serving-client --protocol=grpc --server=localhost:8500 --output=emb.npy *.jpg
   mgcam-serving-client --signature=pixels A.jpg        # resize here, send uint8 tensors
+  mgcam-serving-client --signature=image A.jpg         # the image alone: the export makes the mask
 
 --signature=bytes (default) sends the files as they are to `serving_bytes`
 (the server decodes and resizes them); pixels decodes and resizes them here
@@ -19,9 +20,10 @@ import io
 import os
 import tempfile
 
-from absl import app, flags
+from absl import flags
 
-from mgcam_tf.cli.common import one_line_errors
+from mgcam_tf.cli.common import run_tool
+from mgcam_tf import atomic_files
 
 FLAGS = flags.FLAGS
 
@@ -30,8 +32,10 @@ flags.DEFINE_string("server", "", "host:port (REST may be a URL); default localh
                     "for REST, localhost:8500 for gRPC.")
 flags.DEFINE_string("model_name", "mgcam", "The served model's name.")
 flags.DEFINE_integer("version", None, "Model version (default: the latest served).")
-flags.DEFINE_enum("signature", "bytes", ["bytes", "pixels"],
-                  "bytes: send encoded files; pixels: send uint8 [N, 160, 64, C] tensors.")
+flags.DEFINE_enum("signature", "bytes", ["bytes", "pixels", "image"],
+                  "bytes: send encoded files; pixels: send uint8 [N, 160, 64, C] tensors; "
+                  "image: send the files alone to serving_image_bytes (the export makes "
+                  "the masks; exports with the mask model in the graph).")
 flags.DEFINE_list("masks", [], "Mask files, one per image, in order.")
 flags.DEFINE_enum("mask_policy", "auto", ["auto", "files", "generate", "full_body"],
                   "Masks of images without one (see mgcam-extract).")
@@ -71,9 +75,9 @@ def _pixels(paths, masks):
 
 
 def main(argv):
-    from mgcam_tf import serving_client, user_images
+    from mgcam_tf.serving import client as serving_client
+    from mgcam_tf.retrieval import user_images
     from mgcam_tf.errors import ConfigError, DataError
-    from mgcam_tf.evaluation import reports
 
     paths = argv[1:]
     if not paths:
@@ -86,14 +90,21 @@ def main(argv):
     client = serving_client.make_client(FLAGS.protocol, FLAGS.server, model_name=FLAGS.model_name,
                                         version=FLAGS.version, timeout=FLAGS.timeout,
                                         batch_size=FLAGS.batch_size)
-    with tempfile.TemporaryDirectory(prefix="mgcam-client-") as tmp:
-        masks = user_images.resolve_masks(paths, FLAGS.mask_policy, given=FLAGS.masks or None,
-                                          cache_dir=tmp, model_path=FLAGS.mask_model or None)
-        if FLAGS.signature == "bytes":
-            result = client.predict_encoded([_read(p) for p in paths],
-                                            [b"" if m is None else _read(m) for m in masks])
-        else:
-            result = client.predict(*_pixels(paths, masks))
+    if FLAGS.signature == "image":
+        if FLAGS.masks:
+            raise ConfigError("--signature=image sends no masks (the export makes them); "
+                              "drop --masks or use --signature=bytes")
+        result = client.predict_images([_read(p) for p in paths])
+    else:
+        with tempfile.TemporaryDirectory(prefix="mgcam-client-") as tmp:
+            masks = user_images.resolve_masks(paths, FLAGS.mask_policy,
+                                              given=FLAGS.masks or None, cache_dir=tmp,
+                                              model_path=FLAGS.mask_model or None)
+            if FLAGS.signature == "bytes":
+                result = client.predict_encoded([_read(p) for p in paths],
+                                                [b"" if m is None else _read(m) for m in masks])
+            else:
+                result = client.predict(*_pixels(paths, masks))
     import numpy as np
 
     embeddings = result["embedding"]
@@ -103,12 +114,12 @@ def main(argv):
     if FLAGS.output:
         buffer = io.BytesIO()
         np.save(buffer, embeddings.astype(np.float32), allow_pickle=False)
-        reports.write_atomic(FLAGS.output, buffer.getvalue())
+        atomic_files.write_bytes(FLAGS.output, buffer.getvalue())
 
 
 def run():
     """Console-script entry point of mgcam-serving-client."""
-    app.run(one_line_errors(main))
+    run_tool(main, __name__)
 
 
 if __name__ == "__main__":

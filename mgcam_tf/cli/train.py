@@ -11,52 +11,59 @@ from the last checkpoint in --model_dir with its step and optimizer state.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
 
-from mgcam_tf.cli.common import one_line_errors
+from mgcam_tf import conventions
+from mgcam_tf.cli.common import ProgressBar, run_tool
+from mgcam_tf.data import layouts
+from mgcam_tf.training import experiments
 
 FLAGS = flags.FLAGS
 
 # -- data --------------------------------------------------------------------
 flags.DEFINE_string("data_dir", "", "Data set folder (any layout of `--layout`). "
                     "Empty: the built-in synthetic data set, written under --model_dir.")
-flags.DEFINE_enum("layout", "auto", ["auto", "market1501", "dukemtmc", "cuhk03",
-                                     "cuhk03_labeled", "cuhk03_detected", "mars",
-                                     "folders", "manifest"],
-                  "Layout of --data_dir (mgcam_tf.data.layouts.LAYOUTS).")
-flags.DEFINE_enum("missing_masks", "error", ["error", "generate", "full_body", "skip"],
+flags.DEFINE_enum("layout", "auto", list(layouts.layout_names()),
+                  "Layout of --data_dir (mgcam_tf.data.layouts.LAYOUT_READERS).")
+flags.DEFINE_enum("missing_masks", "error", list(layouts.MISSING_MASK_POLICIES),
                   "What to do with images that have no mask.")
 flags.DEFINE_string("cache", "", "Cache decoded, resized samples: '' (off), 'memory', "
                     "or a file path prefix.")
 flags.DEFINE_integer("seed", 0, "Seed of sampling, mirroring and initialisation.")
 flags.DEFINE_integer("synthetic_ids", 120, "Built-in data only: number of training ids.")
 # -- model -------------------------------------------------------------------
-flags.DEFINE_enum("architecture", "mgcam", ["mgcam", "mscan"],
+flags.DEFINE_enum("architecture", "mgcam", list(conventions.ARCHITECTURES),
                   "mgcam: three streams with contrastive attention; mscan: the "
                   "MSCAN-body baseline (full stream only).")
-flags.DEFINE_enum("input_mode", "rgbm", ["rgb", "mask", "masked_rgb", "rgbm"],
+flags.DEFINE_enum("input_mode", "rgbm", list(conventions.INPUT_MODES),
                   "Input channels (paper Table 2).")
 flags.DEFINE_enum("attention", "soft", ["soft", "hard"],
                   "soft: learned Phi+; hard: the binary mask is the attention map.")
 flags.DEFINE_integer("feature_dim", 128, "Size of h, the feature.")
 flags.DEFINE_float("dropout", 0.2, "Dropout after h.")
+flags.DEFINE_bool("in_place_dropout", False, "Official prototxt: the region and Siamese "
+                  "losses read h after its (in-place) dropout; the paper's h is before it.")
 flags.DEFINE_bool("sync_bn", False, "Synchronise BatchNorm statistics across replicas.")
-flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
+flags.DEFINE_enum("mixed_precision", "float32", list(conventions.PRECISIONS),
                   "Keras dtype policy: float32, or float16/bfloat16 computation with float32 "
                   "variables (attention and losses stay float32; float16 gets loss "
                   "scaling). mixed_bfloat16 is about twice as fast on CPUs with AVX512_BF16 "
                   "or AMX; mixed_float16 is for GPUs.")
 # -- schedule ------------------------------------------------------------------
-flags.DEFINE_enum("stage", "1", ["1", "2"],
+flags.DEFINE_enum("stage", "1", sorted(experiments.STAGES),
                   "1: MGCAM (no Siamese loss, random batches); 2: MGCAM-Siamese "
                   "(pair batches, start from --init_from).")
 flags.DEFINE_string("init_from", "", "Stage 2: the stage-1 model directory to start from.")
 flags.DEFINE_enum("sampler", "random", ["random", "pk"],
                   "Stage 1 batches: random over the training set, or P ids x K images.")
 flags.DEFINE_integer("pk_k", 4, "Images per identity with --sampler=pk.")
+flags.DEFINE_enum("pair_sampling", "paper", ["paper", "official"],
+                  "Stage 2: paper: exactly ceil(fraction x pairs) positive pairs, the others "
+                  "of two different ids; official: the official data layer, anchors over "
+                  "images with int(fraction x pairs) + 1 forced positive partners and random "
+                  "others (its batch: --batch_size=256, 128 pairs, 39 forced positives).")
 flags.DEFINE_float("positive_fraction", 0.3, "Stage 2: least fraction of positive pairs.")
 flags.DEFINE_integer("batch_size", 128, "Images per batch (stage 2: 2 x pairs).")
 flags.DEFINE_integer("total_steps", None, "Iterations (default 75000 stage 1, 20000 stage 2).")
@@ -73,6 +80,9 @@ flags.DEFINE_float("triplet_weight", 0.01, "alpha of L_trip.")
 flags.DEFINE_float("attention_weight", 0.1, "beta of L_att.")
 flags.DEFINE_float("triplet_margin", 10.0, "m of the region-level triplet loss (eq. 6).")
 flags.DEFINE_float("siamese_margin", 10.0, "m of the Siamese loss (eq. 7).")
+flags.DEFINE_enum("siamese_loss", "paper", ["paper", "official"],
+                  "paper: eq. 7 (squared distance, margin on it); official: Caffe's "
+                  "ContrastiveLoss of the stage-2 prototxt (plain distance, margin 10, 1/(2N)).")
 flags.DEFINE_enum("region_loss", "paper", ["paper", "official"],
                   "paper: eq. 6; official: the prototxt's two contrastive losses "
                   "(pull margin 0.1, push margin 100).")
@@ -95,41 +105,69 @@ flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_bool("dry_run", False, "Check the flags (and a flagfile) and exit without "
                   "reading data or training.")
 
-STAGE_DEFAULTS = {"1": dict(total_steps=75000, base_lr=0.01, lr_step=15000),
-                  "2": dict(total_steps=20000, base_lr=0.001, lr_step=10000)}
-
-
 def stage_default(name: str):
+    """The flag's value, or the stage's default from the library when the flag is unset."""
+    from mgcam_tf.training import experiments
+
     value = getattr(FLAGS, name)
-    return STAGE_DEFAULTS[FLAGS.stage][name] if value is None else value
+    return getattr(experiments.stage(FLAGS.stage), name) if value is None else value
 
 
 def configs_from_flags():
     """The solver, objective and run settings the flags ask for (validated)."""
-    from mgcam_tf import schedule, training
-    from mgcam_tf.losses import MGCAMObjective
+    from mgcam_tf.training import solver as schedule
+    from mgcam_tf.training import run_dir
+    from mgcam_tf.errors import ConfigError
+    from mgcam_tf.modeling.losses import MGCAMObjective
 
-    solver = schedule.SolverConfig(
-        base_lr=stage_default("base_lr"), momentum=FLAGS.momentum,
-        step_size=stage_default("lr_step"), gamma=FLAGS.gamma,
-        weight_decay=FLAGS.weight_decay, bias_lr_mult=FLAGS.bias_lr_mult)
-    objective = MGCAMObjective(
-        siamese_weight=FLAGS.siamese_weight if FLAGS.stage == "2" else 0.0,
-        triplet_weight=FLAGS.triplet_weight, attention_weight=FLAGS.attention_weight,
-        triplet_margin=FLAGS.triplet_margin, siamese_margin=FLAGS.siamese_margin,
-        region_loss=FLAGS.region_loss)
-    run = training.RunConfig(total_steps=stage_default("total_steps"),
-                             checkpoint_every=FLAGS.checkpoint_every,
-                             log_every=FLAGS.log_every, image_every=FLAGS.image_every)
+    import math
+    import re
+
+    # The library names its fields; the user typed flags.
+    field_flags = {"step_size": "lr_step"}
+    try:
+        solver = schedule.SolverConfig(
+            base_lr=stage_default("base_lr"), momentum=FLAGS.momentum,
+            step_size=stage_default("lr_step"), gamma=FLAGS.gamma,
+            weight_decay=FLAGS.weight_decay, bias_lr_mult=FLAGS.bias_lr_mult)
+        objective = MGCAMObjective(
+            siamese_weight=FLAGS.siamese_weight if FLAGS.stage == "2" else 0.0,
+            triplet_weight=FLAGS.triplet_weight, attention_weight=FLAGS.attention_weight,
+            triplet_margin=FLAGS.triplet_margin, siamese_margin=FLAGS.siamese_margin,
+            region_loss=FLAGS.region_loss, siamese_loss=FLAGS.siamese_loss)
+    except ConfigError as err:
+        raise ConfigError(re.sub(r"^(\w+)", lambda m: "--" + field_flags.get(m.group(1),
+                                                                         m.group(1)),
+                                 str(err))) from None
+    # Stage 1 ignores --siamese_weight, but a bad value is still a mistake.
+    if not (math.isfinite(FLAGS.siamese_weight) and FLAGS.siamese_weight >= 0):
+        raise ConfigError(f"--siamese_weight must be a finite number >= 0, "
+                          f"got {FLAGS.siamese_weight}")
+    for name, low in (("pk_k", 1), ("eval_batch_size", 1), ("eval_every", 0),
+                      ("batch_size", 1), ("feature_dim", 1), ("synthetic_ids", 1),
+                      ("seed", 0)):
+        if getattr(FLAGS, name) < low:
+            raise ConfigError(f"--{name} must be >= {low}, got {getattr(FLAGS, name)}")
+    if not 0.0 <= FLAGS.positive_fraction <= 1.0:  # also refuses nan
+        raise ConfigError(f"--positive_fraction must be in [0, 1], got {FLAGS.positive_fraction}")
+    if not 0.0 <= FLAGS.dropout < 1.0:
+        raise ConfigError(f"--dropout must be in [0, 1), got {FLAGS.dropout}")
+    try:
+        run = run_dir.RunConfig(total_steps=stage_default("total_steps"),
+                                checkpoint_every=FLAGS.checkpoint_every,
+                                log_every=FLAGS.log_every, image_every=FLAGS.image_every)
+    except ConfigError as err:
+        raise ConfigError(re.sub(r"^(\w+) must", r"--\1 must", str(err))) from None
     return solver, objective, run
 
 
 def model_config_from_flags(num_ids: int):
-    from mgcam_tf import training
+    from mgcam_tf.modeling import models
 
-    return training.ModelConfig(
-        num_ids=num_ids, architecture=FLAGS.architecture, input_mode=FLAGS.input_mode,
-        attention=FLAGS.attention, feature_dim=FLAGS.feature_dim, dropout=FLAGS.dropout)
+    return models.model_config(
+        num_ids, FLAGS.architecture, FLAGS.input_mode, FLAGS.attention,
+        feature_dim=FLAGS.feature_dim, dropout=FLAGS.dropout,
+        in_place_dropout=FLAGS.in_place_dropout)
 
 
 def batches_from_flags(train_split, replicas: int):
@@ -146,7 +184,8 @@ def batches_from_flags(train_split, replicas: int):
     if FLAGS.stage == "2":
         return pipeline.pair_dataset(train_split, FLAGS.batch_size // 2,
                                      positive_fraction=FLAGS.positive_fraction,
-                                     seed=FLAGS.seed, cache=cache)
+                                     seed=FLAGS.seed, cache=cache,
+                                     sampling=FLAGS.pair_sampling)
     if FLAGS.sampler == "pk":
         if FLAGS.batch_size % FLAGS.pk_k:
             raise ConfigError(f"--batch_size {FLAGS.batch_size} must be a multiple of "
@@ -165,7 +204,10 @@ def main(argv):
     import keras
     import tensorflow as tf
 
-    from mgcam_tf import training
+    from mgcam_tf.training import callbacks
+    from mgcam_tf.training import distribution
+    from mgcam_tf.training import run_dir
+    from mgcam_tf.training import trainer
     from mgcam_tf.data import layouts, synthetic
     from mgcam_tf.errors import ConfigError
 
@@ -178,10 +220,10 @@ def main(argv):
         print(f"flags are valid: {solver}\n{objective}\n{run}")
         return
     if FLAGS.stage == "2" and not FLAGS.init_from and not os.path.isdir(
-            os.path.join(FLAGS.model_dir, training.CHECKPOINT_DIR)):
+            os.path.join(FLAGS.model_dir, run_dir.CHECKPOINT_DIR)):
         raise ConfigError("--stage=2 starts from a stage-1 model: give --init_from")
     # MultiWorkerMirroredStrategy must exist before any TF op runs.
-    strategy = training.make_strategy(FLAGS.strategy)
+    strategy = distribution.make_strategy(FLAGS.strategy)
     keras.utils.set_random_seed(FLAGS.seed)
 
     data_dir = FLAGS.data_dir
@@ -191,35 +233,40 @@ def main(argv):
             num_train_ids=FLAGS.synthetic_ids, seed=FLAGS.seed))
     dataset = layouts.load_dataset(data_dir, layout=FLAGS.layout,
                                    missing_masks=FLAGS.missing_masks)
-    batches = batches_from_flags(dataset.train, strategy.num_replicas_in_sync)
+    batches = batches_from_flags(dataset.require_train("mgcam-train"), strategy.num_replicas_in_sync)
     own_flags = FLAGS.flags_by_module_dict()[FLAGS.find_module_defining_flag("model_dir")]
     settings = {flag.name: flag.value for flag in own_flags}
     settings["data_dir"] = data_dir
-    callbacks = []
-    if FLAGS.eval_every and training.is_chief(strategy):
+    extra_callbacks = []
+    if FLAGS.eval_every and distribution.is_chief(strategy):
         target = dataset if not FLAGS.eval_data_dir else layouts.load_dataset(
             FLAGS.eval_data_dir, layout="auto", missing_masks=FLAGS.missing_masks)
-        callbacks.append(training.PeriodicEvaluation(
+        extra_callbacks.append(callbacks.PeriodicEvaluation(
             target.query, target.gallery, FLAGS.eval_every, FLAGS.model_dir,
             batch_size=FLAGS.eval_batch_size,
-            log_dir=os.path.join(FLAGS.model_dir, training.LOG_DIR)))
-    model = training.train(
+            log_dir=os.path.join(FLAGS.model_dir, run_dir.LOG_DIR)))
+    # One bar over the whole run: fit's own (verbose=1) restarts every
+    # checkpoint interval, which is its "epoch" here.
+    bar = ProgressBar("training", run.total_steps,
+                      enabled=FLAGS.progress and distribution.is_chief(strategy))
+    extra_callbacks.append(callbacks.TrainingProgress(bar, run.total_steps))
+    model = trainer.train(
         FLAGS.model_dir, batches, model_config_from_flags(dataset.num_train_ids), solver,
         objective, run, strategy=strategy, synchronized_bn=FLAGS.sync_bn,
         init_from=FLAGS.init_from or None, settings=settings,
-        mixed_precision=FLAGS.mixed_precision, callbacks=callbacks,
-        verbose=1 if FLAGS.progress and sys.stderr.isatty() else 2 if FLAGS.progress else 0)
+        mixed_precision=FLAGS.mixed_precision, callbacks=extra_callbacks, verbose=0)
+    bar.close()
     step = int(model.optimizer.iterations.numpy())
     print(f"trained {step} steps; checkpoints and TensorBoard logs in {FLAGS.model_dir}")
-    if FLAGS.evaluate and training.is_chief(strategy):
+    if FLAGS.evaluate and distribution.is_chief(strategy):
         from mgcam_tf.cli import reporting
-        reporting.print_evaluation(model, dataset, FLAGS.eval_batch_size, FLAGS.progress)
+        reporting.print_evaluation(model.network, dataset, FLAGS.eval_batch_size, FLAGS.progress)
 
 
 def run():
     """Console-script entry point of mgcam-train."""
     flags.mark_flag_as_required("model_dir")
-    app.run(one_line_errors(main))
+    run_tool(main, __name__)
 
 
 if __name__ == "__main__":

@@ -41,16 +41,13 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from mgcam_tf.errors import DataError
+from mgcam_tf.conventions import (CAMERA_TOKEN, MASK_SUFFIX,
+                                  default_mask_path, is_image_file)
+from mgcam_tf.errors import ConfigError, DataError
 
 _log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-# The mask folder of image folder X is X + MASK_SUFFIX (SPEC §7).
-MASK_SUFFIX = "_seg"
 MISSING_MASK_POLICIES = ("error", "full_body", "skip", "generate")
-LAYOUTS = ("auto", "market1501", "dukemtmc", "cuhk03", "cuhk03_labeled",
-           "cuhk03_detected", "mars", "folders", "manifest")
 # How many missing/bad files an error message lists before "...".
 _LIST_IN_MESSAGE = 5
 
@@ -101,6 +98,19 @@ class ReidDataset:
     root: str = ""
     skipped_images: tuple[str, ...] = ()
 
+    @property
+    def has_train(self) -> bool:
+        """False for a test-only set (query and gallery, no training folder)."""
+        return len(self.train) > 0
+
+    def require_train(self, purpose: str) -> Split:
+        """The training split, or DataError naming the folder and what needed it."""
+        if not self.has_train:
+            raise DataError(f"{self.root}: this data set has no training split "
+                            f"({purpose} needs one; a Market-style set keeps it in "
+                            "bounding_box_train/)")
+        return self.train
+
 
 # --------------------------------------------------------------------------
 # File names
@@ -133,15 +143,8 @@ _CUHK03 = _NamePattern(
 _MARS = _NamePattern(
     re.compile(r"^(?P<pid>\d{4}|00-1)C(?P<cam>\d)T(?P<track>\d{4})F\d{3}\.\w+$", re.I),
     "PPPPCcTttttFfff.jpg (MARS, e.g. 0001C1T0001F001.jpg)")
-CAMERA_TOKEN = re.compile(r"(?:^|[_\-.])c(\d+)", re.I)
 
 _MARKET_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
-
-
-def is_image_file(name: str) -> bool:
-    """Whether a file name (or path) is an image this package reads; hidden files are not."""
-    return (not os.path.basename(name).startswith(".")
-            and name.lower().endswith(IMAGE_EXTENSIONS))
 
 
 def _list_images(folder: str) -> list[str]:
@@ -194,19 +197,6 @@ class _MaskIndex:
         return os.path.join(mask_dir, name) if name in names else None
 
 
-def default_mask_path(image_path: str, image_root: Optional[str] = None) -> str:
-    """Where the mask of `image_path` belongs: `X_seg/NAME.png` for `X/NAME.jpg`.
-
-    With `image_root` (an ancestor folder of the image, e.g. MARS'
-    `bbox_train`), the `_seg` suffix goes on that folder instead:
-    `bbox_train_seg/0001/NAME.png`.
-    """
-    folder = image_root if image_root is not None else os.path.dirname(image_path)
-    rel_dir = os.path.relpath(os.path.dirname(image_path), folder)
-    stem = os.path.splitext(os.path.basename(image_path))[0]
-    return os.path.normpath(os.path.join(folder.rstrip("/\\") + MASK_SUFFIX, rel_dir, stem + ".png"))
-
-
 # --------------------------------------------------------------------------
 # Raw records before the missing-mask policy and relabelling
 
@@ -255,8 +245,11 @@ def _market_family_pattern(root: str, layout: str) -> _NamePattern:
         return _DUKE
     if layout == "cuhk03":
         return _CUHK03
-    # auto: decide from the first training image's name.
-    first = _list_images(os.path.join(root, "bounding_box_train"))[0]
+    # auto: decide from the first training image's name (a test-only set: the
+    # first query's).
+    train_root = os.path.join(root, "bounding_box_train")
+    first = _list_images(train_root if os.path.isdir(train_root)
+                         else os.path.join(root, "query"))[0]
     name = os.path.basename(first)
     for pattern in (_MARKET, _DUKE, _CUHK03):
         if pattern.regex.match(name):
@@ -272,10 +265,13 @@ def _layout_of_pattern(pattern: _NamePattern) -> str:
 
 
 def _read_market_family(root: str, layout: str) -> tuple[str, dict[str, _Records]]:
-    for folder in _MARKET_FOLDERS:
+    # The training folder is optional: a test-only set (cross-domain
+    # evaluation) has query/ and bounding_box_test/ alone.
+    for folder in _MARKET_FOLDERS[1:]:
         if not os.path.isdir(os.path.join(root, folder)):
             raise DataError(f"{os.path.join(root, folder)}: folder not found "
-                            f"(a {layout} data set needs {', '.join(_MARKET_FOLDERS)})")
+                            f"(a {layout} data set needs {', '.join(_MARKET_FOLDERS[1:])}, "
+                            f"and {_MARKET_FOLDERS[0]} to train on)")
     pattern = _market_family_pattern(root, layout)
 
     def parse(path: str) -> tuple[int, int, None]:
@@ -286,6 +282,9 @@ def _read_market_family(root: str, layout: str) -> tuple[str, dict[str, _Records
     splits = {}
     for split, folder in zip(("train", "query", "gallery"), _MARKET_FOLDERS):
         image_root = os.path.join(root, folder)
+        if split == "train" and not os.path.isdir(image_root):
+            splits[split] = _Records([], [], [], [], [], None)
+            continue
         splits[split] = _records_from_folder_files(
             _list_images(image_root), image_root, parse, masks)
     name = layout if layout != "auto" else _layout_of_pattern(pattern)
@@ -482,8 +481,59 @@ def _read_manifest(root: str) -> tuple[str, dict[str, _Records]]:
 # --------------------------------------------------------------------------
 # Layout detection, masks policy, relabelling
 
+# --------------------------------------------------------------------------
+# The registry: one reader per layout, (data_dir) -> (name, root, splits)
+
+Reader = Callable[[str], "tuple[str, str, dict[str, _Records]]"]
+
+
+def _market_family(layout: str) -> Reader:
+    def read(data_dir: str):
+        name, splits = _read_market_family(data_dir, layout)
+        return name, data_dir, splits
+    return read
+
+
+def _cuhk03_np(boxes: str) -> Reader:
+    def read(data_dir: str):  # the labeled/ or detected/ subfolder of a CUHK03-NP root
+        sub = os.path.join(data_dir, boxes)
+        return f"cuhk03_{boxes}", sub, _read_market_family(sub, "cuhk03")[1]
+    return read
+
+
+def _root_reader(read_splits: Callable[[str], tuple]) -> Reader:
+    def read(data_dir: str):
+        name, splits = read_splits(data_dir)
+        return name, data_dir, splits
+    return read
+
+
+LAYOUT_READERS: dict[str, Reader] = {
+    "market1501": _market_family("market1501"),
+    "dukemtmc": _market_family("dukemtmc"),
+    "cuhk03": _market_family("cuhk03"),
+    "cuhk03_labeled": _cuhk03_np("labeled"),
+    "cuhk03_detected": _cuhk03_np("detected"),
+    "mars": _root_reader(_read_mars),
+    "folders": _root_reader(_read_folders),
+    "manifest": _root_reader(_read_manifest),
+}
+
+
+def register_layout(name: str, reader: Reader) -> None:
+    """Adds a reader for a layout of one's own (`load_dataset(..., layout=name)`)."""
+    if name == "auto" or name in LAYOUT_READERS:
+        raise ConfigError(f"layout {name!r} is already registered")
+    LAYOUT_READERS[name] = reader
+
+
+def layout_names() -> tuple[str, ...]:
+    """"auto" and every registered layout (the commands' --layout choices)."""
+    return ("auto", *LAYOUT_READERS)
+
+
 def detect_layout(data_dir: str) -> str:
-    """The layout name of `data_dir` (one of LAYOUTS except "auto").
+    """The layout name of `data_dir` (a built-in one of `LAYOUT_READERS`).
 
     Raises DataError naming the folder when no layout fits, or when it is a
     CUHK03-NP root holding both labeled/ and detected/ (choose one).
@@ -500,7 +550,7 @@ def detect_layout(data_dir: str) -> str:
         return "cuhk03_labeled"
     if detected:
         return "cuhk03_detected"
-    if has("bounding_box_train"):
+    if has("bounding_box_train") or (has("query") and has("bounding_box_test")):
         return _layout_of_pattern(_market_family_pattern(data_dir, "auto"))
     if has("bbox_train") or has("bbox_test"):
         return "mars"
@@ -542,8 +592,8 @@ def _apply_mask_policy(splits: dict[str, _Records], policy: str,
             keep = [i for i, m in enumerate(recs.mask_paths) if m is not None]
             out[s] = recs.select(keep)
         return out, tuple(missing_images)
-    # "generate": lazy import, mgcam_tf.masks pulls in the segmentation model.
-    from mgcam_tf.masks import write_masks
+    # "generate": lazy import, mgcam_tf.segmentation pulls in the segmentation model.
+    from mgcam_tf.segmentation.writer import write_masks
 
     wanted = [splits[s].wanted_masks[i] for s, i in missing]
     write_masks(missing_images, wanted)
@@ -566,6 +616,8 @@ def _to_split(recs: _Records, pids: Optional[Iterable[int]] = None) -> Split:
 
 
 def _dense_train(train: _Records, folder: str) -> tuple[Split, int]:
+    if not train.image_paths:  # a test-only set: ReidDataset.require_train refuses it
+        return _to_split(train), 0
     # Junk (-1) and distractor (0) boxes carry no identity to learn.
     keep = [i for i, pid in enumerate(train.pids) if pid > 0]
     train = train.select(keep)
@@ -583,24 +635,26 @@ def load_dataset(data_dir: str, layout: str = "auto",
 
     Args:
       data_dir: the data set's root folder.
-      layout: one of LAYOUTS; "auto" detects it (see detect_layout).
+      layout: one of layout_names(); "auto" detects it (see detect_layout).
       missing_masks: what to do with images that have no mask:
         "error" (DataError naming the count and the first missing files),
         "full_body" (mask path None: the pipeline uses an all-255 mask),
         "skip" (drop them; listed in `ReidDataset.skipped_images` and logged
         as a warning), "generate" (write them with
-        `mgcam_tf.masks.write_masks` to `X_seg/NAME.png`).
+        `mgcam_tf.segmentation.writer.write_masks` to `X_seg/NAME.png`).
 
     Returns:
       A ReidDataset; train ids dense 0..num_train_ids-1, query/gallery ids as
-      on disk (-1 junk, 0 distractors kept in the gallery, not in query).
+      on disk (-1 junk, 0 distractors kept in the gallery, not in query). A
+      Market-style folder without bounding_box_train/ is a test-only set: an
+      empty train split (num_train_ids 0; `require_train` refuses it).
 
     Raises:
       DataError naming the file or folder at fault.
     """
     data_dir = os.fspath(data_dir)
-    if layout not in LAYOUTS:
-        raise DataError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if layout != "auto" and layout not in LAYOUT_READERS:
+        raise DataError(f"unknown layout {layout!r}; expected one of {', '.join(layout_names())}")
     if missing_masks not in MISSING_MASK_POLICIES:
         raise DataError(f"unknown missing_masks policy {missing_masks!r}; expected one "
                         f"of {', '.join(MISSING_MASK_POLICIES)}")
@@ -608,22 +662,7 @@ def load_dataset(data_dir: str, layout: str = "auto",
         raise DataError(f"{data_dir}: data folder not found")
     if layout == "auto":
         layout = detect_layout(data_dir)
-    if layout in ("cuhk03_labeled", "cuhk03_detected"):
-        sub = os.path.join(data_dir, layout.split("_")[1])
-        _, splits = _read_market_family(sub, "cuhk03")
-        name, root = layout, sub
-    elif layout in ("market1501", "dukemtmc", "cuhk03"):
-        name, splits = _read_market_family(data_dir, layout)
-        root = data_dir
-    elif layout == "mars":
-        name, splits = _read_mars(data_dir)
-        root = data_dir
-    elif layout == "folders":
-        name, splits = _read_folders(data_dir)
-        root = data_dir
-    else:
-        name, splits = _read_manifest(data_dir)
-        root = data_dir
+    name, root, splits = LAYOUT_READERS[layout](data_dir)
 
     splits, skipped = _apply_mask_policy(splits, missing_masks, root)
     train, num_ids = _dense_train(splits["train"], root)

@@ -38,10 +38,15 @@ once and raises DataError listing every bad file at once.
 
 from __future__ import annotations
 
+import atexit
+import glob
 import hashlib
+import json
+import logging
 import math
 import os
 import re
+import socket
 from typing import Optional, Union
 
 import numpy as np
@@ -87,9 +92,10 @@ class _SampleReader:
         self._check_sizes = mask_size_mismatch == "error"
         has_mask = np.asarray([m is not None for m in split.mask_paths], bool)
         self._all_masks = bool(has_mask.all())
-        self._images = tf.constant(np.asarray(split.image_paths, dtype=object).astype(bytes))
+        # UTF-8 bytes (numpy's astype(bytes) is ASCII and fails on "dätä/ünï.jpg").
+        self._images = tf.constant([os.fsencode(p) for p in split.image_paths], tf.string)
         self._masks = tf.constant(
-            np.asarray([m or "" for m in split.mask_paths], dtype=object).astype(bytes))
+            [os.fsencode(m or "") for m in split.mask_paths], tf.string)
         self._has_mask = tf.constant(has_mask)
         self.pids = tf.constant(np.asarray(split.pids), tf.int32)
 
@@ -141,7 +147,8 @@ class _SampleReader:
             checks.append(tf.debugging.Assert(tf.reduce_all(tf.equal(image_hw, mask_hw)), [
                 "mgcam_tf: mask", self._masks[idx], "has size (h, w)", mask_hw,
                 "but its image", self._images[idx], "has", image_hw,
-                "(pass mask_size_mismatch='resize' to resize both)"]))
+                "(a mask must be its image's size: remake it with mgcam-masks, or delete "
+                "it and use --missing_masks=generate)"]))
         with tf.control_dependencies(checks):
             return pos + 1, (tf.identity(packed), self.pids[idx])
 
@@ -213,14 +220,65 @@ def _cache_path(cache: str, split: Split) -> str:
     if not os.path.isdir(parent):
         raise ConfigError(f"cache: folder {parent} does not exist")
     # tf.data leaves its lock file behind when a run dies while writing the
-    # cache, and the next run would fail deep inside the iterator.
+    # cache, and the next run would fail deep inside the iterator. Each run
+    # that uses the cache records its pid beside it (`CACHE.owner`): a lock
+    # file whose recorded owner is no longer running is taken over.
     lockfile = f"{path}_0.lockfile"
+    owner_file = f"{path}.owner"
     if os.path.exists(lockfile):
-        raise ConfigError(
-            f"cache: {lockfile} exists: another run is writing this cache, or one "
-            f"stopped while writing it; if no other run uses it, delete it and "
-            f"{path}_0.data-*.tempstate*")
+        owner = _read_owner(owner_file)
+        pid = owner.get("pid")
+        if owner.get("host") == socket.gethostname() and isinstance(pid, int) \
+                and pid != os.getpid() and not _pid_alive(pid):
+            logging.getLogger("mgcam_tf").warning(
+                "cache: %s was left by run pid %d, which is no longer running; "
+                "taking it over", lockfile, pid)
+            for leftover in [lockfile] + glob.glob(glob.escape(path) + "*.tempstate*"):
+                try:
+                    os.unlink(leftover)
+                except OSError:
+                    pass
+        elif pid != os.getpid() or not owner:
+            who = f"run pid {pid} on {owner.get('host', '?')}" if pid else "an unknown run"
+            raise ConfigError(
+                f"cache: {lockfile} exists: {who} is writing this cache, or one "
+                f"stopped while writing it; if no other run uses it, delete it and "
+                f"{path}_0.data-*.tempstate*")
+    if _read_owner(owner_file).get("pid") != os.getpid():
+        from mgcam_tf import atomic_files
+
+        atomic_files.write_json(owner_file, {"pid": os.getpid(), "host": socket.gethostname()})
+        atexit.register(_release_owner, owner_file)
     return path
+
+
+def _read_owner(owner_file: str) -> dict:
+    try:
+        with open(owner_file) as f:
+            owner = json.load(f)
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def _release_owner(owner_file: str) -> None:
+    if _read_owner(owner_file).get("pid") == os.getpid():
+        try:
+            os.unlink(owner_file)
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------
@@ -304,6 +362,9 @@ class _IdTable:
         self.starts = tf.constant(starts.astype(np.int64))
         self.counts = tf.constant(counts.astype(np.int64))
         self.counts_np = counts
+        # Dense id of every image (file index -> position in `ids`).
+        self.id_of_image = tf.constant(np.searchsorted(ids, pids).astype(np.int64))
+        self.num_images = len(pids)
         # Ids with two images or more can form a positive pair.
         self.pairable = tf.constant(np.flatnonzero(counts >= 2).astype(np.int64))
         self.num_pairable = int((counts >= 2).sum())
@@ -352,9 +413,13 @@ def _cached_batches(reader: "_SampleReader", split: Split, cache: str,
                              num_parallel_calls=AUTOTUNE)
 
 
+PAIR_SAMPLINGS = ("paper", "official")
+
+
 def pair_dataset(split: Split, pairs_per_batch: int, *, positive_fraction: float = 0.3,
                  seed: int, mirror: bool = True, cache: CacheLike = None,
-                 mask_size_mismatch: str = "error") -> tf.data.Dataset:
+                 mask_size_mismatch: str = "error",
+                 sampling: str = "paper") -> tf.data.Dataset:
     """Stage-2 (Siamese) batches of image pairs, without end.
 
     Sample 2i pairs with sample 2i + 1 (ARCHITECTURE.md: interleaved, so a
@@ -374,23 +439,41 @@ def pair_dataset(split: Split, pairs_per_batch: int, *, positive_fraction: float
       cache: as in `train_dataset`, but any cache decodes the whole split
         into memory first (see `_cached_batches`).
       mask_size_mismatch: as in `train_dataset`.
+      sampling: "paper" (above) or "official", the official data layer
+        (`MGCAM_SIA_DataLayer`): P anchors drawn over images, each with a
+        partner; the first int(positive_fraction * P) + 1 partners are forced
+        positives (any image of the anchor's id, possibly the anchor itself),
+        the others random images (a positive only by chance). Its batch of 128
+        images + 128 partners with 39 forced positives is `pairs_per_batch=128`.
 
     Returns:
       tf.data.Dataset of (x, y) as `train_dataset`, batch 2P.
     """
+    if sampling not in PAIR_SAMPLINGS:
+        raise ConfigError(f"sampling must be one of {PAIR_SAMPLINGS}, got {sampling!r}")
     if pairs_per_batch < 1:
         raise ConfigError(f"pairs_per_batch must be >= 1, got {pairs_per_batch}")
     if not 0.0 <= positive_fraction <= 1.0:
         raise ConfigError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
     reader = _SampleReader(split, mask_size_mismatch)
     table = _IdTable(split)
-    n_pos = int(math.ceil(positive_fraction * pairs_per_batch - 1e-9))
+    if sampling == "official":
+        n_pos = min(pairs_per_batch, int(positive_fraction * pairs_per_batch) + 1)
+    else:
+        n_pos = int(math.ceil(positive_fraction * pairs_per_batch - 1e-9))
     n_neg = pairs_per_batch - n_pos
     if n_pos and not table.num_pairable:
         raise DataError("pair batches need positive pairs, but no id of the split has "
                         "two images")
-    if n_neg and table.num_ids < 2:
+    if n_neg and table.num_ids < 2 and sampling == "paper":
         raise DataError("pair batches need negative pairs, but the split has one id")
+
+    def make_official(s: tf.Tensor, m: int) -> tf.Tensor:
+        seeds = tf.random.experimental.stateless_split(s, num=3)
+        anchors = tf.math.floormod(_randint([m, pairs_per_batch], seeds[0]), table.num_images)
+        forced = table.image_of(tf.gather(table.id_of_image, anchors[:, :n_pos]), seeds[1])
+        others = tf.math.floormod(_randint([m, n_neg], seeds[2]), table.num_images)
+        return tf.stack([anchors, tf.concat([forced, others], axis=1)], axis=-1)
 
     def make(s: tf.Tensor, m: int) -> tf.Tensor:
         seeds = tf.random.experimental.stateless_split(s, num=7)
@@ -414,7 +497,8 @@ def pair_dataset(split: Split, pairs_per_batch: int, *, positive_fraction: float
         slots = tf.argsort(tf.random.stateless_uniform([m, pairs_per_batch], seed=s), axis=-1)
         return tf.gather(pairs, slots, batch_dims=1)
 
-    return _sampled(reader, split, 2 * pairs_per_batch, make, seed, mirror, cache)
+    return _sampled(reader, split, 2 * pairs_per_batch,
+                    make_official if sampling == "official" else make, seed, mirror, cache)
 
 
 def pk_dataset(split: Split, p: int, k: int, *, seed: int, mirror: bool = True,

@@ -16,22 +16,8 @@ from typing import Union
 
 import tensorflow as tf
 
-# Network input size (height, width) of the official data layer.
-IMAGE_HEIGHT = 160
-IMAGE_WIDTH = 64
-IMAGE_SIZE = (IMAGE_HEIGHT, IMAGE_WIDTH)
-# Size of the attention map Phi+ (stage-2 features, 1/4 of the input).
-ATTENTION_HEIGHT = 40
-ATTENTION_WIDTH = 16
-ATTENTION_SIZE = (ATTENTION_HEIGHT, ATTENTION_WIDTH)
-
-# The official code subtracts B 104.008, G 116.669, R 122.675 from BGR
-# images. We keep images in RGB order and subtract each mean from its own
-# channel, so the listed order here is R, G, B.
-RGB_MEAN = (122.675, 116.669, 104.008)
-IMAGE_SCALE = 256.0            # the official code divides by 256, not 255
-MASK_MEAN = 127.5
-MASK_SCALE = 255.0
+from mgcam_tf.conventions import (ATTENTION_SIZE, IMAGE_HEIGHT, IMAGE_SCALE, IMAGE_SIZE, IMAGE_WIDTH,
+                                  MASK_MEAN, MASK_SCALE, RGB_MEAN)
 
 # Per-channel affine map of the RGB-M input, (x - mean) * scale, applied as
 # x * scale - mean * scale (within an ulp or two of the division).

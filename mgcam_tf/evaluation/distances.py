@@ -40,6 +40,7 @@ import numpy as np
 import scipy.linalg
 
 from mgcam_tf.errors import ConfigError, DataError
+from mgcam_tf.evaluation.feature_matrix import feature_matrix
 
 BASE_METRICS = ("euclidean", "cosine", "xqda", "kissme")
 METRICS = ("euclidean", "cosine", "xqda", "kissme", "rerank", "euclidean+rerank",
@@ -106,16 +107,6 @@ class Metric:
                 np.sqrt(d, out=d)
             out[s:s + block_size] = d
         return out
-
-
-def feature_matrix(name: str, x) -> np.ndarray:
-    """x as float64 [n, dim]; DataError naming `name` if it is not 2-D or not finite."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2:
-        raise DataError(f"{name} must be 2-D [n, dim], got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise DataError(f"{name} holds non-finite values")
-    return x
 
 
 def pair_covariances(features: np.ndarray, pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -70,6 +70,16 @@ class ReidEvaluator:
         self.metric, self.ap, self.protocol = metric, ap, protocol
         self.rerank_args = dict(k1=k1, k2=k2, lambda_value=lambda_value)
 
+    def distances(self, query: SplitFeatures, gallery: SplitFeatures,
+                  train: SplitFeatures | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """float32 [Q, G] distances of the single-query protocol's queries to its gallery."""
+        return distances.compute_distances(
+            query.features, gallery.features, self.metric,
+            train_features=None if train is None else train.features,
+            train_pids=None if train is None else train.pids, progress=progress,
+            **self.rerank_args)
+
     def _runs(self, query: SplitFeatures, gallery: SplitFeatures):
         """(queries, gallery) pairs the protocol evaluates, in the order of its queries."""
         if self.protocol == "single_query":
@@ -89,11 +99,7 @@ class ReidEvaluator:
                  progress: Callable[[int, int], None] | None = None) -> Evaluation:
         results = []
         for q, g in self._runs(query, gallery):
-            distmat = distances.compute_distances(
-                q.features, g.features, self.metric,
-                train_features=None if train is None else train.features,
-                train_pids=None if train is None else train.pids, progress=progress,
-                **self.rerank_args)
+            distmat = self.distances(q, g, train, progress)
             results.append(metrics.evaluate(distmat, q.pids, q.camids, g.pids, g.camids,
                                             ap=self.ap, max_rank=max_rank))
         result = results[0] if len(results) == 1 else metrics.concatenate(results, max_rank)

@@ -10,7 +10,6 @@ import dataclasses
 from typing import Any, Callable, Iterable
 
 import numpy as np
-import tensorflow as tf
 
 from mgcam_tf.errors import ConfigError, DataError
 
@@ -19,7 +18,7 @@ FEATURE_KEY = "h_full"
 _FEATURE_KEYS = (FEATURE_KEY, "features", "feature", "embedding", "embeddings")
 
 
-def _select_feature(outputs: Any) -> tf.Tensor:
+def _select_feature(outputs: Any) -> Any:
     """The feature tensor of a model's outputs (a dict with `h_full`, or a tensor)."""
     if isinstance(outputs, dict):
         for key in _FEATURE_KEYS:
@@ -31,7 +30,7 @@ def _select_feature(outputs: Any) -> tf.Tensor:
     return outputs
 
 
-def _rgbm_of(batch: Any) -> tf.Tensor:
+def _rgbm_of(batch: Any) -> Any:
     """The rgbm tensor of an evaluation batch: `{"rgbm": ...}`, `(x, y)` or a tensor."""
     if isinstance(batch, (tuple, list)):
         batch = batch[0]
@@ -39,6 +38,8 @@ def _rgbm_of(batch: Any) -> tf.Tensor:
         if "rgbm" not in batch:
             raise DataError(f"evaluation batches must hold 'rgbm'; got keys {sorted(batch)}")
         batch = batch["rgbm"]
+    import tensorflow as tf
+
     rgbm = tf.convert_to_tensor(batch)
     if rgbm.shape.rank != 4 or rgbm.shape[-1] != 4:
         raise DataError(f"rgbm batches must be [B, H, W, 4], got shape {rgbm.shape}")
@@ -52,7 +53,7 @@ def extract_features(model: Callable, dataset: Iterable, *, flip_average: bool =
 
     Args:
       model: `model(x, training=False)` returning a dict with `h_full` [B, D]
-        (a Keras model of `mgcam_tf.models`), or any callable taking the
+        (a Keras model of `mgcam_tf.modeling.models`), or any callable taking the
         `{"rgbm": ...}` dict and returning such a dict or the [B, D] tensor.
       dataset: yields `x = {"rgbm": float32 [B, 160, 64, 4]}` (or `(x, y)`).
       flip_average: also run the mirrored images (rgbm flipped along the
@@ -64,6 +65,8 @@ def extract_features(model: Callable, dataset: Iterable, *, flip_average: bool =
     Raises:
       DataError: an empty dataset or malformed batches.
     """
+    import tensorflow as tf  # here: evaluating saved features needs no TensorFlow
+
     if hasattr(model, "trainable_variables"):  # a Keras model or tf.Module
         # One traced graph for all batches: eager calls of a Keras model are slow.
         @tf.function(reduce_retracing=True)

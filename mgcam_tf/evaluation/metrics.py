@@ -160,6 +160,36 @@ def _good_positions(block: np.ndarray, junk: np.ndarray, good: np.ndarray):
     return rows.astype(np.int64), pos
 
 
+def block_ap(rows: np.ndarray, pos: np.ndarray, ap: str, ap_out: np.ndarray,
+             first: np.ndarray) -> None:
+    """Per-query AP and first match from the positions of the good matches.
+
+    Args:
+      rows: int [M] query row (within the block) of each good match; pos: int
+        [M] its 0-based position among the row's non-junk items (any order).
+      ap: "official" or "step".
+      ap_out, first: float64 / int64 [B] views written for rows with a good match.
+    """
+    if rows.size == 0:
+        return
+    b = len(ap_out)
+    order = np.lexsort((pos, rows))  # by row, then by position
+    rows, pos = rows[order], pos[order]
+    ngood = np.bincount(rows, minlength=b)
+    row_start = np.concatenate([[0], np.cumsum(ngood)[:-1]])
+    i = (np.arange(rows.size) - row_start[rows] + 1).astype(np.float64)  # 1-based
+    precision = i / (pos + 1)
+    if ap == "official":
+        old = np.where(pos > 0, (i - 1) / np.maximum(pos, 1), 1.0)
+        contrib = (old + precision) / 2.0
+    else:
+        contrib = precision
+    sums = np.bincount(rows, weights=contrib, minlength=b)
+    valid = ngood > 0
+    ap_out[valid] = sums[valid] / ngood[valid]
+    first[valid] = pos[row_start[valid]]
+
+
 def evaluate(distmat: np.ndarray, query_pids: np.ndarray, query_camids: np.ndarray,
              gallery_pids: np.ndarray, gallery_camids: np.ndarray, *,
              ap: str = "official", max_rank: int = 50, block_size: int = 128,
@@ -204,24 +234,7 @@ def evaluate(distmat: np.ndarray, query_pids: np.ndarray, query_camids: np.ndarr
         junk = (same_id & same_cam) | gallery_junk[None, :]
         good = same_id & ~junk
         rows, pos = _good_positions(block, junk, good)
-        if rows.size == 0:
-            return
-        b = stop - start
-        order = np.lexsort((pos, rows))  # by row, then by position
-        rows, pos = rows[order], pos[order]
-        ngood = np.bincount(rows, minlength=b)
-        row_start = np.concatenate([[0], np.cumsum(ngood)[:-1]])
-        i = (np.arange(rows.size) - row_start[rows] + 1).astype(np.float64)  # 1-based
-        precision = i / (pos + 1)
-        if ap == "official":
-            old = np.where(pos > 0, (i - 1) / np.maximum(pos, 1), 1.0)
-            contrib = (old + precision) / 2.0
-        else:
-            contrib = precision
-        sums = np.bincount(rows, weights=contrib, minlength=b)
-        valid = ngood > 0
-        ap_out[start:stop][valid] = sums[valid] / ngood[valid]
-        first[start:stop][valid] = pos[row_start[valid]]
+        block_ap(rows, pos, ap, ap_out[start:stop], first[start:stop])
 
     starts = list(range(0, nq, block_size))
     threads = min(2, os.cpu_count() or 1) if threads is None else threads
@@ -258,37 +271,3 @@ def _finish(ap_out: np.ndarray, first: np.ndarray, ap: str, max_rank: int) -> Ev
     return EvalResult(cmc=cmc.astype(np.float64), mAP=float(np.mean(ap_out[valid])),
                       ap_mode=ap, num_query=len(first), num_valid=num_valid,
                       num_invalid=len(first) - num_valid, ap=ap_out, first_match=first)
-
-
-def evaluate_loop(distmat: np.ndarray, query_pids: np.ndarray, query_camids: np.ndarray,
-                  gallery_pids: np.ndarray, gallery_camids: np.ndarray, *,
-                  ap: str = "official", max_rank: int = 50) -> EvalResult:
-    """The same protocol as `evaluate` as a plain per-query loop (stable argsort).
-
-    Slow (about 6 s at Market-1501 scale on 2 cores); kept as the reference
-    that tests and `benchmarks/bench_eval.py` compare the fast path with.
-    """
-    if ap not in AP_MODES:
-        raise ConfigError(f"ap must be one of {AP_MODES}, got {ap!r}")
-    distmat, qp, qc, gp, gc = _check_inputs(distmat, query_pids, query_camids,
-                                            gallery_pids, gallery_camids)
-    nq = distmat.shape[0]
-    ap_out = np.full(nq, np.nan)
-    first = np.full(nq, -1, dtype=np.int64)
-    for q in range(nq):
-        order = np.argsort(distmat[q], kind="stable")
-        pid, cam = gp[order], gc[order]
-        junk = (pid == -1) | ((pid == qp[q]) & (cam == qc[q]))
-        good = (pid == qp[q])[~junk]
-        hits = np.nonzero(good)[0]
-        if hits.size == 0:
-            continue
-        i = np.arange(1, hits.size + 1, dtype=np.float64)
-        precision = i / (hits + 1)
-        if ap == "official":
-            old = np.where(hits > 0, (i - 1) / np.maximum(hits, 1), 1.0)
-            ap_out[q] = np.sum((old + precision) / 2.0) / hits.size
-        else:
-            ap_out[q] = np.sum(precision) / hits.size
-        first[q] = hits[0]
-    return _finish(ap_out, first, ap, max_rank)

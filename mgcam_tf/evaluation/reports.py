@@ -8,16 +8,15 @@ so a reader never sees half a file.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
-import tempfile
 import zlib
 from typing import Sequence
 
 import numpy as np
 
 from mgcam_tf.errors import ConfigError, DataError
+from mgcam_tf import atomic_files
 
 GREEN = (40, 170, 60)
 RED = (215, 40, 40)
@@ -25,31 +24,6 @@ BLUE = (40, 90, 215)
 GREY = (150, 150, 150)
 BLACK = (0, 0, 0)
 WHITE = (255, 255, 255)
-
-
-# --------------------------------------------------------------------------
-# Atomic writes
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Writes bytes to `path` through a temporary file in the same folder and a rename."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ConfigError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: str | os.PathLike, payload: dict) -> None:
-    """JSON file, written atomically."""
-    write_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -75,11 +49,33 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
     """PNG file of a uint8 image, written atomically."""
-    write_atomic(path, encode_png(image))
+    atomic_files.write_bytes(path, encode_png(image))
 
 
 # --------------------------------------------------------------------------
 # Text table
+
+def format_targets_table(rows: list[tuple[str, dict, int]], settings: dict | None = None) -> str:
+    """Several target sets' results in one table, a row per set (cross-domain evaluation).
+
+    rows: (data set name, summary as for `format_table`, queries evaluated).
+    """
+    keys = ("rank1", "rank5", "rank10", "rank20", "mAP")
+    names = ("Rank-1", "Rank-5", "Rank-10", "Rank-20", "mAP")
+    header = ("data set", *names, "queries")
+    cells = [(name, *(f"{100 * summary[k]:.2f}" for k in keys), str(valid))
+             for name, summary, valid in rows]
+    widths = [max(len(str(c[i])) for c in (header, *cells)) for i in range(len(header))]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(row):
+        first = f" {row[0]:<{widths[0]}} "
+        return "|" + "|".join([first] + [f" {c:>{w}} " for c, w in zip(row[1:], widths[1:])]) + "|"
+
+    lines = ["  ".join(f"{k}={v}" for k, v in settings.items())] if settings else []
+    lines += [rule, line(header), rule, *map(line, cells), rule]
+    return "\n".join(lines)
+
 
 def format_table(summary: dict, settings: dict | None = None,
                  num_valid: int | None = None, num_invalid: int | None = None) -> str:
@@ -155,13 +151,43 @@ _FONT_ROWS = {  # 5x7 bitmap glyphs, one string of 7 rows of 5 bits each
     "U": "10001 10001 10001 10001 10001 10001 01110",
     "X": "10001 10001 01010 00100 01010 10001 10001",
     "Y": "10001 10001 01010 00100 00100 00100 00100",
+    # The rest of the alphabet and the punctuation of labels, file names and
+    # model names (result sheets print `#1`, `ID 0042`, `D=0.53`, `TOP-K`).
+    "B": "11110 10001 10001 11110 10001 10001 11110",
+    "F": "11111 10000 10000 11110 10000 10000 10000",
+    "H": "10001 10001 10001 11111 10001 10001 10001",
+    "J": "00111 00010 00010 00010 00010 10010 01100",
+    "V": "10001 10001 10001 10001 10001 01010 00100",
+    "W": "10001 10001 10001 10101 10101 10101 01010",
+    "Z": "11111 00001 00010 00100 01000 10000 11111",
+    "#": "01010 01010 11111 01010 11111 01010 01010",
+    "_": "00000 00000 00000 00000 00000 00000 11111",
+    ",": "00000 00000 00000 00000 01100 00100 01000",
+    "'": "01100 00100 01000 00000 00000 00000 00000",
+    "!": "00100 00100 00100 00100 00100 00000 00100",
+    "?": "01110 10001 00001 00010 00100 00000 00100",
+    "<": "00010 00100 01000 10000 01000 00100 00010",
+    ">": "01000 00100 00010 00001 00010 00100 01000",
+    "*": "00000 00100 10101 01110 10101 00100 00000",
+    "[": "01110 01000 01000 01000 01000 01000 01110",
+    "]": "01110 00010 00010 00010 00010 00010 01110",
+    "&": "01100 10010 10100 01000 10101 10010 01101",
+    "@": "01110 10001 10111 10101 10111 10000 01110",
+    "\u2713": "00000 00001 00010 10100 01000 00000 00000",   # check mark: right match
+    "\u2717": "00000 10001 01010 00100 01010 10001 00000",   # cross: wrong match
 }
 _FONT = {c: np.array([[b == "1" for b in row] for row in rows.split()], dtype=bool)
          for c, rows in _FONT_ROWS.items()}
 
 
+def missing_glyphs(text: str) -> set[str]:
+    """The characters of `text` that `draw_text` has no glyph for (it upper-cases first)."""
+    return {ch for ch in text.upper() if ch not in _FONT}
+
+
 def draw_text(canvas: np.ndarray, text: str, x: int, y: int, color=BLACK, scale: int = 1) -> None:
-    """Writes `text` (upper-cased; unknown characters as blanks) with its top-left at (x, y)."""
+    """Writes `text` (upper-cased; characters without a glyph, `missing_glyphs`, as
+    blanks) with its top-left at (x, y)."""
     for i, ch in enumerate(text.upper()):
         glyph = _FONT.get(ch, _FONT[" "])
         if scale > 1:

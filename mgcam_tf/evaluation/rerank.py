@@ -1,7 +1,7 @@
 """k-reciprocal re-ranking (Zhong, Zheng, Cao, Li, CVPR 2017), fast and memory-lean.
 
 `rerank(query_features, gallery_features)` computes exactly what the authors'
-dense code (`rerank_dense` here, a plain transcription kept as the reference
+dense code (`rerank_dense` in tests/reference.py, a plain transcription kept as the reference
 and benchmark baseline) computes, on the squared Euclidean distances of the
 given features, without ever holding an N x N matrix (N = queries + gallery):
 
@@ -51,7 +51,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mgcam_tf.errors import ConfigError, DataError
-from mgcam_tf.evaluation.distances import feature_matrix
+from mgcam_tf.evaluation.feature_matrix import feature_matrix
 
 
 def _check(k1: int, k2: int, lambda_value: float) -> None:
@@ -325,67 +325,3 @@ def rerank(query_features: np.ndarray, gallery_features: np.ndarray, *,
 
     _run_blocks(one_block, [b[0] for b in bounds], threads, None, nq)
     return final
-
-
-def rerank_dense(original_dist: np.ndarray, num_query: int, *, k1: int = 20, k2: int = 6,
-                 lambda_value: float = 0.3) -> np.ndarray:
-    """Zhong et al.'s dense algorithm, written plainly (reference and baseline).
-
-    O(N^2) memory (about 12 GB at Market-1501 scale) and per-item Python loops.
-
-    Args:
-      original_dist: float [N, N] distances of all items, queries first
-        (squared Euclidean to match `rerank`).
-      num_query: Q, the number of leading rows that are queries.
-    Returns:
-      float32 [Q, N - Q] final distances.
-    """
-    _check(k1, k2, lambda_value)
-    dist = np.asarray(original_dist, dtype=np.float32)
-    # Column max, then transpose: for a symmetric matrix, each row over its max.
-    dist = np.transpose(dist / np.max(dist, axis=0))
-    n = dist.shape[0]
-    v = np.zeros_like(dist, dtype=np.float32)
-    initial_rank = np.argsort(dist, axis=1, kind="stable").astype(np.int32)
-    kh = int(np.around(k1 / 2.0))
-    for i in range(n):
-        forward = initial_rank[i, :k1 + 1]
-        backward = initial_rank[forward, :k1 + 1]
-        recip = forward[np.where(backward == i)[0]]
-        expansion = recip
-        for cand in recip:
-            c_forward = initial_rank[cand, :kh + 1]
-            c_backward = initial_rank[c_forward, :kh + 1]
-            c_recip = c_forward[np.where(c_backward == cand)[0]]
-            if len(np.intersect1d(c_recip, recip)) > 2.0 / 3.0 * len(c_recip):
-                expansion = np.append(expansion, c_recip)
-        expansion = np.unique(expansion)
-        weight = np.exp(-dist[i, expansion])
-        v[i, expansion] = weight / np.sum(weight)
-    original = dist[:num_query]
-    if k2 != 1:
-        v_qe = np.zeros_like(v, dtype=np.float32)
-        for i in range(n):
-            v_qe[i] = np.mean(v[initial_rank[i, :k2]], axis=0)
-        v = v_qe
-        del v_qe
-    del initial_rank
-    inv_index = [np.where(v[:, j] != 0)[0] for j in range(n)]
-    jaccard = np.zeros_like(original, dtype=np.float32)
-    for i in range(num_query):
-        temp_min = np.zeros((1, n), dtype=np.float32)
-        nonzero = np.where(v[i] != 0)[0]
-        for k in nonzero:
-            images = inv_index[k]
-            temp_min[0, images] += np.minimum(v[i, k], v[images, k])
-        jaccard[i] = 1 - temp_min / (2.0 - temp_min)
-    final = jaccard * (1 - lambda_value) + original * lambda_value
-    return final[:, num_query:]
-
-
-def squared_euclidean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """float64 [A, B] squared Euclidean distances (clamped at 0), for `rerank_dense` inputs."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    d = np.einsum("ij,ij->i", a, a)[:, None] + np.einsum("ij,ij->i", b, b)[None, :] - 2.0 * a @ b.T
-    return np.maximum(d, 0.0)

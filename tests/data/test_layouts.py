@@ -331,8 +331,8 @@ def test_missing_masks_generate_calls_write_masks(tmp_path, monkeypatch):
             _touch(pathlib.Path(m), _PNG)
         return len(mask_paths)
 
-    # Stand-in for mgcam_tf.masks (another module, imported lazily).
-    monkeypatch.setitem(sys.modules, "mgcam_tf.masks",
+    # Stand-in for mgcam_tf.segmentation.writer (imported lazily).
+    monkeypatch.setitem(sys.modules, "mgcam_tf.segmentation.writer",
                         types.SimpleNamespace(write_masks=write_masks))
     ds = load_dataset(tmp_path, missing_masks="generate")
     assert len(calls) == 1 and len(calls[0]) == 10

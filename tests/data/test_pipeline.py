@@ -338,3 +338,16 @@ def test_pair_bad_arguments(market):
     singles = _split_of(market.train.image_paths[:3], market.train.mask_paths[:3], [0, 1, 2])
     with pytest.raises(DataError, match="two images"):
         pipeline.pair_dataset(singles, 4, seed=0)
+
+
+def test_non_ascii_paths_are_read(tmp_path):
+    # numpy's astype(bytes) is ASCII: paths like these crashed every command.
+    image, mask, (image_path, mask_path) = _asymmetric_sample(tmp_path / "dätä set", "ünï")
+    split = _split_of([image_path], [mask_path], [0])
+    (batch,) = list(pipeline.eval_dataset(split, 1))
+    want = preprocess(tf.constant(image[None]), tf.constant(mask[None]))["rgbm"]
+    np.testing.assert_allclose(batch["rgbm"].numpy(), want.numpy(), atol=1e-6)
+    bad = _split_of([tmp_path / "dätä set" / "lïes.png"], [None], [0])
+    with pytest.raises(Exception) as err:
+        list(pipeline.eval_dataset(bad, 1))
+    assert "lïes.png" in str(pipeline.data_error_from(err.value) or err.value)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import reference  # tests/reference.py
 from mgcam_tf.errors import ConfigError, DataError
 from mgcam_tf.evaluation import distances as dl
 from mgcam_tf.evaluation import rerank as rr
@@ -90,12 +91,12 @@ def test_rerank_variants_use_embedded_squared_distance():
     got = dl.compute_distances(q, g, "xqda+rerank", train_features=train, train_pids=tp)
     m = dl.learn_xqda(train, tp)
     e = m.embed(x)
-    want = rr.rerank_dense(rr.squared_euclidean(e, e), 10)
+    want = reference.rerank_dense(reference.squared_euclidean(e, e), 10)
     np.testing.assert_allclose(got, want, atol=1e-5)
     # cosine + re-ranking = re-ranking of 1 - cos (row normalisation cancels the 2).
     got = dl.compute_distances(q, g, "cosine+rerank", k1=5, k2=2)
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-    want = rr.rerank_dense(1 - xn @ xn.T, 10, k1=5, k2=2)
+    want = reference.rerank_dense(1 - xn @ xn.T, 10, k1=5, k2=2)
     np.testing.assert_allclose(got, want, atol=1e-5)
     np.testing.assert_allclose(dl.compute_distances(q, g, "rerank"),
                                rr.rerank(q, g), atol=1e-7)

@@ -94,20 +94,22 @@ def untrained(tmp_path_factory, shared_data):
     """An untrained MSCAN model: a model directory, an export base, and in-process features."""
     import tensorflow as tf
 
-    from mgcam_tf import training
+    from mgcam_tf.modeling import models
+
+    from mgcam_tf.training import run_dir
     from mgcam_tf.data import layouts
     from mgcam_tf.evaluation import features
 
     data_dir = shared_data / "market1501_mini"
     root = tmp_path_factory.mktemp("untrained")
-    config = training.ModelConfig(num_ids=16, architecture="mscan")
-    model = config.build()
+    config = models.model_config(16, "mscan")
+    model = models.model_from_config(config)
     model(tf.zeros([1, 160, 64, 4]), training=False)
-    training.prepare_model_dir(root / "run", config, {})
-    training.checkpoint_manager(root / "run", model).save()
+    run_dir.prepare_model_dir(root / "run", config, {})
+    run_dir.checkpoint_manager(root / "run", model).save()
 
     @tf.function(input_signature=[tf.TensorSpec([None, 160, 64, 4], tf.float32, name="rgbm")])
-    def serve_rgbm(rgbm):  # the signature mgcam_tf.export writes as serving_rgbm
+    def serve_rgbm(rgbm):  # the signature mgcam_tf.serving.export writes as serving_rgbm
         return {"embedding": model(rgbm, training=False)["h_full"]}
 
     module = tf.Module()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mgcam_tf.errors import ConfigError, DataError
+from mgcam_tf.errors import ConfigError, DataError, OutputError
 from mgcam_tf.evaluation import reports
 
 
@@ -26,7 +26,7 @@ def test_png_round_trip_and_atomic(tmp_path):
     assert os.listdir(tmp_path) == ["x.png"]  # no temporary file left
     with pytest.raises(DataError, match="uint8"):
         reports.encode_png(image.astype(np.float32))
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(OutputError, match="does not exist"):
         reports.write_png(tmp_path / "nope" / "x.png", image)
 
 

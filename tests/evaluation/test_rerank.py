@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import reference  # tests/reference.py
 from mgcam_tf.errors import ConfigError, DataError
 from mgcam_tf.evaluation import rerank as rr
 
@@ -24,7 +25,7 @@ def test_fast_equals_dense_reference(seed, nq, ng, k1, k2, lam):
     rng = np.random.default_rng(seed)
     x = clustered(rng, nq + ng) if seed % 2 == 0 else rng.standard_normal((nq + ng, 32))
     q, g = x[:nq], x[nq:]
-    dense = rr.rerank_dense(rr.squared_euclidean(x, x), nq, k1=k1, k2=k2, lambda_value=lam)
+    dense = reference.rerank_dense(reference.squared_euclidean(x, x), nq, k1=k1, k2=k2, lambda_value=lam)
     # Small blocks and budgets exercise the blockwise paths.
     fast = rr.rerank(q, g, k1=k1, k2=k2, lambda_value=lam, block_size=17, triple_budget=500)
     assert fast.shape == (nq, ng) and fast.dtype == np.float32
@@ -39,7 +40,7 @@ def test_exact_ties_follow_the_stable_order():
     base = rng.standard_normal((60, 8))
     x = np.concatenate([base, base[:30], base[10:20]])   # many exact duplicates
     nq = 15
-    dense = rr.rerank_dense(rr.squared_euclidean(x, x), nq, k1=6, k2=3)
+    dense = reference.rerank_dense(reference.squared_euclidean(x, x), nq, k1=6, k2=3)
     fast = rr.rerank(x[:nq], x[nq:], k1=6, k2=3, block_size=9)
     np.testing.assert_allclose(fast, dense, rtol=0, atol=1e-5)
 
@@ -47,7 +48,7 @@ def test_exact_ties_follow_the_stable_order():
 def test_large_offset_features_stay_accurate():
     rng = np.random.default_rng(8)
     x = clustered(rng, 150) + 1000.0
-    dense = rr.rerank_dense(rr.squared_euclidean(x, x), 30)
+    dense = reference.rerank_dense(reference.squared_euclidean(x, x), 30)
     np.testing.assert_allclose(rr.rerank(x[:30], x[30:]), dense, rtol=0, atol=1e-5)
 
 

@@ -22,8 +22,10 @@ import keras  # noqa: E402
 keras.config.set_floatx("float64")
 import numpy as np  # noqa: E402
 
-from mgcam_tf import models, schedule  # noqa: E402
-from mgcam_tf.losses import MGCAMObjective  # noqa: E402
+from mgcam_tf.modeling import models
+from mgcam_tf.training import solver as schedule  # noqa: E402
+from mgcam_tf.training import task  # noqa: E402
+from mgcam_tf.modeling.losses import MGCAMObjective  # noqa: E402
 
 rng = np.random.RandomState(0)
 x = {"rgbm": rng.randn(8, 160, 64, 4)}
@@ -39,10 +41,10 @@ def one_step(strategy, synchronized_bn):
     with strategy.scope():
         model = models.build_model(4, dropout=0.0, synchronized_bn=synchronized_bn)
         model.set_weights(initial)
-        model.compile(schedule.build_optimizer(schedule.SolverConfig()),
-                      MGCAMObjective(siamese_weight=0.01), weight_decay=0.005,
-                      bias_lr_mult=2.0)
-    model.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
+        trainee = task.TrainingTask(model, MGCAMObjective(siamese_weight=0.01),
+                                    weight_decay=0.005, bias_lr_mult=2.0)
+        trainee.compile(schedule.build_optimizer(schedule.SolverConfig()))
+    trainee.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
     return model.get_weights()
 
 

@@ -1,4 +1,4 @@
-"""Trains a small MGCAM with mgcam_tf.training.train, on one worker or as one of several.
+"""Trains a small MGCAM with mgcam_tf.training.trainer.train, on one worker or as one of several.
 
 usage: multi_worker_train.py MODEL_DIR TOTAL_STEPS WEIGHTS_NPZ
 With TF_CONFIG naming several workers, `make_strategy("auto")` gives
@@ -18,15 +18,18 @@ import sys
 import keras
 import numpy as np
 
-from mgcam_tf import training
+from mgcam_tf.training import distribution
+from mgcam_tf.modeling import models
+from mgcam_tf.training import run_dir
+from mgcam_tf.training import trainer
 
-strategy = training.make_strategy("auto")
+strategy = distribution.make_strategy("auto")
 keras.config.set_floatx("float64")
 
 import tensorflow as tf  # noqa: E402
 
-from mgcam_tf import schedule  # noqa: E402
-from mgcam_tf.losses import MGCAMObjective  # noqa: E402
+from mgcam_tf.training import solver as schedule  # noqa: E402
+from mgcam_tf.modeling.losses import MGCAMObjective  # noqa: E402
 
 model_dir, total_steps, weights_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rng = np.random.RandomState(0)
@@ -36,13 +39,13 @@ y = {"pid": np.array([0, 1, 2, 3, 0, 1, 2, 3], "int32"),
 dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(4, drop_remainder=True).repeat()
 
 keras.utils.set_random_seed(0)
-model = training.train(
-    model_dir, dataset, training.ModelConfig(num_ids=4, dropout=0.0),
+model = trainer.train(
+    model_dir, dataset, models.model_config(4, dropout=0.0),
     schedule.SolverConfig(), MGCAMObjective(),
-    training.RunConfig(total_steps=total_steps, checkpoint_every=2, log_every=1,
+    run_dir.RunConfig(total_steps=total_steps, checkpoint_every=2, log_every=1,
                        image_every=2),
     strategy=strategy, synchronized_bn=True)
-np.savez(weights_path, *[np.asarray(w) for w in model.get_weights()])
+np.savez(weights_path, *[np.asarray(w) for w in model.network.get_weights()])
 print(json.dumps({"replicas": strategy.num_replicas_in_sync,
-                  "chief": training.is_chief(strategy),
+                  "chief": distribution.is_chief(strategy),
                   "step": int(model.optimizer.iterations.numpy())}))

@@ -1,4 +1,4 @@
-"""Trains a small MGCAM on fixed random tensors with mgcam_tf.training.train.
+"""Trains a small MGCAM on fixed random tensors with mgcam_tf.training.trainer.train.
 
 usage: train_steps.py MODEL_DIR TOTAL_STEPS [nan | init=STAGE1_MODEL_DIR]
 Prints one JSON line: the step and a weight checksum at the start of fit
@@ -13,8 +13,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mgcam_tf import schedule, training
-from mgcam_tf.losses import MGCAMObjective
+from mgcam_tf.training import solver as schedule
+from mgcam_tf.modeling import models
+from mgcam_tf.training import run_dir
+from mgcam_tf.training import trainer
+from mgcam_tf.modeling.losses import MGCAMObjective
 
 model_dir, total_steps = sys.argv[1], int(sys.argv[2])
 poison = len(sys.argv) > 3 and sys.argv[3] == "nan"
@@ -34,16 +37,16 @@ class Probe(keras.callbacks.Callback):
         report["start_step"] = int(self.model.optimizer.iterations.numpy())
         report["start_momentum_abs_sum"] = float(sum(
             np.abs(m.numpy()).sum() for m in self.model.optimizer.momentums))
-        report["start_kernel_sum"] = float(np.sum(self.model.stem_conv.kernel.numpy()))
+        report["start_kernel_sum"] = float(np.sum(self.model.network.stem_conv.kernel.numpy()))
 
     def on_train_batch_end(self, batch, logs=None):
         time.sleep(0.05)  # leaves the killing test a window between checkpoints
 
 
 keras.utils.set_random_seed(0)
-model = training.train(
-    model_dir, dataset, training.ModelConfig(num_ids=3), schedule.SolverConfig(),
-    MGCAMObjective(), training.RunConfig(total_steps=total_steps, checkpoint_every=2,
+model = trainer.train(
+    model_dir, dataset, models.model_config(3), schedule.SolverConfig(),
+    MGCAMObjective(), run_dir.RunConfig(total_steps=total_steps, checkpoint_every=2,
                                          log_every=1, image_every=2),
     callbacks=[Probe()], init_from=init_from)
 report["end_step"] = int(model.optimizer.iterations.numpy())

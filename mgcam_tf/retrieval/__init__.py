@@ -1,0 +1,2 @@
+"""Users' own images: their masks, feature extraction, search and verification.
+"""

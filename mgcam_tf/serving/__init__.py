@@ -1,0 +1,2 @@
+"""Deployment: the SavedModel export for TF Serving, the one SavedModel loader, the REST/gRPC client.
+"""

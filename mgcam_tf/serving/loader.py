@@ -1,0 +1,197 @@
+"""The one SavedModel loader: every tool that reads an export (mgcam-eval,
+mgcam-extract, mgcam-search, mgcam-verify) goes through `SavedModelEmbedder`.
+
+Files are read by the evaluation pipeline (`mgcam_tf.data.pipeline.eval_dataset`:
+decode, resize to 160x64, `preprocess`) and fed to the export's
+`serving_rgbm` signature, so the features are those of `serving_default` on
+the same pixels, and of the Keras model (tests/test_export.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import re
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from mgcam_tf.errors import ConfigError, DataError
+
+
+class SavedModelEmbedder:
+    """An export of `mgcam_tf.serving.export`, loaded once.
+
+    Args:
+      export_path: a version folder, or the base folder (its latest version).
+
+    Raises:
+      ConfigError: no SavedModel there, or one without the mgcam signatures.
+    """
+
+    def __init__(self, export_path: os.PathLike):
+        import tensorflow as tf
+
+        from mgcam_tf.serving import export
+
+        self.export_dir = export.resolve_export(export_path)
+        try:
+            self._loaded = tf.saved_model.load(str(self.export_dir))
+        except (OSError, ValueError, tf.errors.OpError) as err:
+            raise ConfigError(f"{self.export_dir}: cannot load the SavedModel "
+                              f"({str(err).splitlines()[0]})") from None
+        self._rgbm, self._rgbm_input = self._rgbm_signature(tf)
+        self.metadata = export.read_metadata(self.export_dir)
+        # Exports made with the mask model in the graph (mgcam-export's default
+        # when it is available) embed an image without a mask file.
+        self._image_bytes = self._loaded.signatures.get(export.SIGNATURE_IMAGE_BYTES)
+
+    @property
+    def has_mask_in_graph(self) -> bool:
+        """Whether the export makes masks itself (`serving_image_bytes`)."""
+        return self._image_bytes is not None
+
+    def _rgbm_signature(self, tf):
+        """`serving_rgbm`, else any signature taking the preprocessed batch alone."""
+        from mgcam_tf.serving import export
+
+        names = sorted(self._loaded.signatures, key=lambda n: (n != export.SIGNATURE_RGBM, n))
+        found = []
+        for name in names:
+            fn = self._loaded.signatures[name]
+            _, inputs = fn.structured_input_signature
+            found += [f"{name}({arg} {spec.dtype.name} {spec.shape})"
+                      for arg, spec in inputs.items()]
+            if len(inputs) == 1:
+                (arg, spec), = inputs.items()
+                if spec.dtype == tf.float32 and spec.shape.as_list()[1:] == [160, 64, 4]:
+                    return fn, arg
+        raise ConfigError(
+            f"{self.export_dir}: no signature takes the preprocessed rgbm batch float32 "
+            f"[N, 160, 64, 4] (found {', '.join(found) or 'no signature'}); export the "
+            "model with mgcam-export")
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the export's weights (sha1 of its variables index and graph)."""
+        digest = hashlib.sha1()
+        for name in ("saved_model.pb", "variables/variables.index"):
+            path = pathlib.Path(self.export_dir, name)
+            if path.is_file():
+                digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+    def embed_rgbm(self, rgbm) -> np.ndarray:
+        """float32 [B, D] embeddings of preprocessed rgbm [B, 160, 64, 4]."""
+        return self._rgbm(**{self._rgbm_input: rgbm})["embedding"].numpy()
+
+    def __call__(self, x: dict):
+        """{"rgbm": [B, 160, 64, 4]} -> the signature's outputs (for
+        `mgcam_tf.evaluation.features.extract_features`)."""
+        return self._rgbm(**{self._rgbm_input: x["rgbm"]})
+
+    def embed_files(self, image_paths: Sequence[str], mask_paths: Sequence[Optional[str]],
+                    *, batch_size: int = 64,
+                    progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+        """float32 [N, D] embeddings of image files with their masks.
+
+        Args:
+          image_paths: N image files (JPEG/PNG/BMP/GIF, any size).
+          mask_paths: N mask files, None for no mask (all body). A mask of
+            another size than its image is resized on its own.
+          progress: called with (images done, N).
+
+        Raises:
+          DataError: a file that cannot be read or decoded (named).
+        """
+        import tensorflow as tf
+
+        from mgcam_tf.data import layouts, pipeline
+
+        n = len(image_paths)
+        if n == 0:
+            raise DataError("no image to embed")
+        split = layouts.Split(image_paths=tuple(map(str, image_paths)),
+                              mask_paths=tuple(None if m is None else str(m) for m in mask_paths),
+                              pids=np.zeros(n, np.int64), camids=np.zeros(n, np.int64))
+        chunks, done = [], 0
+        try:
+            for batch in pipeline.eval_dataset(split, batch_size, mask_size_mismatch="resize"):
+                chunks.append(self.embed_rgbm(batch["rgbm"]))
+                done += len(chunks[-1])
+                if progress is not None:
+                    progress(done, n)
+        except tf.errors.InvalidArgumentError as err:
+            message = " ".join(err.message.split("\n")[0].split())
+            raise DataError(message.replace("assertion failed: ", "")) from None
+        return np.concatenate(chunks)
+
+    def embed_image_files(self, image_paths: Sequence[str], *, batch_size: int = 64,
+                          progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+        """float32 [N, D] embeddings of image files alone: the export makes each
+        mask (SPEC §8's recipe in the graph, `serving_image_bytes`).
+
+        Raises:
+          ConfigError: the export has no mask in its graph (re-export with
+            mgcam-export, the mask model available, or pass masks).
+          DataError: a file that cannot be read or decoded (named).
+        """
+        import tensorflow as tf
+
+        from mgcam_tf.serving import export
+
+        if self._image_bytes is None:
+            raise ConfigError(f"{self.export_dir}: the export has no {export.SIGNATURE_IMAGE_BYTES} "
+                              "signature (exported with --mask_in_graph=false or without the "
+                              "mask model); give masks, or export again with the mask model")
+        n = len(image_paths)
+        if n == 0:
+            raise DataError("no image to embed")
+        chunks = []
+        for start in range(0, n, max(1, int(batch_size))):
+            paths = [str(p) for p in image_paths[start:start + batch_size]]
+            contents = []
+            for path in paths:
+                try:
+                    with open(path, "rb") as f:
+                        contents.append(f.read())
+                except OSError as err:
+                    raise DataError(f"{path}: cannot read the image ({err.strerror})") from None
+            try:
+                out = self._image_bytes(**{export.INPUT_IMAGE_BYTES: tf.constant(contents)})
+            except tf.errors.InvalidArgumentError as err:
+                # Eager errors start with "Graph execution error:" and the
+                # node's traceback; the graph's own message is the useful part.
+                found = re.search(r"assertion failed: \[(.*)\]", err.message)
+                lines = [ln.strip() for ln in err.message.splitlines() if ln.strip()]
+                message = found.group(1) if found else (lines[-1] if lines else str(err))
+                # The graph names the element ("image_bytes[3]"); name the file.
+                for k, path in enumerate(paths):
+                    message = message.replace(f"{export.INPUT_IMAGE_BYTES}[{k}]", path)
+                raise DataError(message) from None
+            chunks.append(out[export.OUTPUT_EMBEDDING].numpy())
+            if progress is not None:
+                progress(start + len(paths), n)
+        return np.concatenate(chunks)
+
+    def embed_images(self, image_paths: Sequence[str], mask_paths: Sequence[Optional[str]],
+                     *, batch_size: int = 64) -> np.ndarray:
+        """`embed_files`, except that images whose mask is
+        `user_images.MASK_IN_GRAPH` go through `embed_image_files`."""
+        from mgcam_tf.retrieval.user_images import MASK_IN_GRAPH
+
+        in_graph = [i for i, m in enumerate(mask_paths) if m == MASK_IN_GRAPH]
+        files = [i for i, m in enumerate(mask_paths) if m != MASK_IN_GRAPH]
+        parts = {}
+        if in_graph:
+            feats = self.embed_image_files([image_paths[i] for i in in_graph],
+                                           batch_size=batch_size)
+            parts.update(zip(in_graph, feats))
+        if files:
+            feats = self.embed_files([image_paths[i] for i in files],
+                                     [mask_paths[i] for i in files], batch_size=batch_size)
+            parts.update(zip(files, feats))
+        if not parts:
+            raise DataError("no image to embed")
+        return np.stack([parts[i] for i in range(len(image_paths))])

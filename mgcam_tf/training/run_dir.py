@@ -1,0 +1,265 @@
+"""Model directories: what a run writes, how it is checked, restored and resumed.
+
+A model directory holds
+  config.json          the model's configuration (its get_config()) and the run's settings
+  checkpoints/         tf.train checkpoints of model and optimizer (step included)
+  logs/                TensorBoard event files
+  eval_history.json    rank-1/mAP during training (when evaluated)
+
+tf.train.CheckpointManager writes a checkpoint's files first and then
+renames the `checkpoint` state file onto its new content, so a run killed
+mid-save resumes from the previous, complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import shutil
+import socket
+import keras
+import tensorflow as tf
+from mgcam_tf.modeling import models
+from mgcam_tf.errors import ConfigError, OutputError
+from mgcam_tf import atomic_files
+
+CONFIG_FILE = "config.json"
+
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+LOG_DIR = "logs"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """How long to train and how often to save and log."""
+
+    total_steps: int = 75000
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    image_every: int = 1000
+    max_checkpoints: int = 3
+
+    def __post_init__(self):
+        for field in ("total_steps", "checkpoint_every", "log_every", "image_every",
+                      "max_checkpoints"):
+            if getattr(self, field) <= 0:
+                raise ConfigError(f"{field} must be > 0, got {getattr(self, field)}")
+        if self.total_steps % self.checkpoint_every:
+            # fit's epochs are checkpoint intervals (see `train`): they must tile the run.
+            raise ConfigError(f"total_steps ({self.total_steps}) must be a multiple of "
+                              f"checkpoint_every ({self.checkpoint_every})")
+
+
+def read_model_config(model_dir: os.PathLike) -> dict:
+    """The serialised model configuration of a model directory (`models.serialize`).
+
+    config.json files written before the configuration became the model's
+    get_config() (flat `architecture`, `num_ids`, ... keys) are read too.
+    """
+    path = pathlib.Path(model_dir) / CONFIG_FILE
+    if pathlib.Path(model_dir).is_file():
+        raise ConfigError(f"--model_dir {model_dir} is a file, not a model directory")
+    if not path.is_file():
+        raise ConfigError(f"{model_dir} is not a model directory: {path} is missing")
+    try:
+        stored = json.loads(path.read_text())["model"]
+        if "class_name" not in stored:  # the first format
+            return models.model_config(
+                stored["num_ids"], stored["architecture"], stored["input_mode"],
+                stored["attention"], stored["feature_dim"], stored["dropout"])
+        return {"class_name": stored["class_name"], "config": dict(stored["config"])}
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path} is not a valid mgcam_tf model config: {err}") from None
+
+
+def prepare_model_dir(model_dir: os.PathLike, model_config: dict, settings: dict) -> None:
+    """Writes config.json, or checks that the directory holds the same model.
+
+    Call it once the model is built from `model_config`, so that a start that
+    fails before leaves no config.json behind to refuse the corrected command.
+    """
+    model_dir = pathlib.Path(model_dir)
+    if model_dir.exists() and not model_dir.is_dir():
+        raise ConfigError(f"--model_dir {model_dir} is a file, not a folder")
+    if (model_dir / CONFIG_FILE).is_file():
+        stored = read_model_config(model_dir)
+        if stored != model_config:
+            differs = sorted(k for k in set(stored["config"]) | set(model_config["config"])
+                             if stored["config"].get(k) != model_config["config"].get(k))
+            if stored["class_name"] != model_config["class_name"]:
+                differs.insert(0, "architecture")
+            raise ConfigError(
+                f"--model_dir {model_dir} holds a different model ({', '.join(differs)} "
+                f"differ); resume with the same settings or choose a new --model_dir")
+    atomic_files.write_json(model_dir / CONFIG_FILE, {"model": model_config, "settings": settings},
+                            make_parents=True)
+
+
+def checkpoint_manager(model_dir: os.PathLike, model: keras.Model,
+                       optimizer: keras.optimizers.Optimizer | None = None,
+                       max_to_keep: int = 3,
+                       directory: os.PathLike | None = None) -> tf.train.CheckpointManager:
+    """Model (and optimizer) checkpoints in `model_dir`/checkpoints, or in `directory`.
+
+    mixed_float16 wraps the optimizer in a LossScaleOptimizer; the checkpoint
+    holds the wrapped optimizer alone, so that a run keeps the same variable
+    names under every precision and can resume under another one. The
+    dynamic loss scale is not saved: after a resume it starts again from its
+    initial value and adapts within a few steps.
+    """
+    objects = {"model": model}
+    if optimizer is not None:
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            optimizer = optimizer.inner_optimizer
+        objects["optimizer"] = optimizer
+    directory = directory or os.path.join(model_dir, CHECKPOINT_DIR)
+    return tf.train.CheckpointManager(tf.train.Checkpoint(**objects), os.fspath(directory),
+                                      max_to_keep=max_to_keep)
+
+
+def checkpoint_step(path: str) -> int:
+    """The step a checkpoint was saved at, from its name (`.../ckpt-<step>`)."""
+    return int(path.rsplit("-", 1)[1])
+
+
+def load_trained_model(model_dir: os.PathLike) -> models.MGCAM:
+    """The model of a model directory with the weights of its latest checkpoint."""
+    model = models.model_from_config(read_model_config(model_dir))
+    manager = checkpoint_manager(model_dir, model)
+    if manager.latest_checkpoint is None:
+        raise ConfigError(f"{model_dir} holds no checkpoint yet: train it first")
+    restore_complete(manager.checkpoint, manager.latest_checkpoint, str(model_dir))
+    return model
+
+
+def model_fingerprint(model_dir: os.PathLike) -> str:
+    """Identifies the weights `load_trained_model` restores: "checkpoint:" and the
+    sha1 of the model config and the latest checkpoint's index file."""
+    import hashlib
+
+    config = read_model_config(model_dir)
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
+    if latest is None:
+        raise ConfigError(f"{model_dir} holds no checkpoint yet: train it first")
+    digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode())
+    digest.update(pathlib.Path(latest + ".index").read_bytes())
+    return "checkpoint:" + digest.hexdigest()
+
+
+def restore_complete(checkpoint: tf.train.Checkpoint, path: str, what: str) -> None:
+    """Restores `path` into `checkpoint`'s objects; every variable of them must be in it.
+
+    Values in the file that the objects do not use (an optimizer's slots, the
+    old layout's model-tracked optimizer) are allowed; a variable of the
+    model that the file lacks is a ConfigError naming it, never a silent
+    random start.
+    """
+    status = checkpoint.restore(path).expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as err:
+        missing = [line.strip() for line in str(err).splitlines() if "Unresolved object" in line
+                   or "variable" in line.lower()][:3]
+        raise ConfigError(f"{what}: checkpoint {path} does not hold every weight of this "
+                          f"model ({'; '.join(missing) or str(err).splitlines()[0]})") from None
+
+
+def initialise_from(model: keras.Model, model_dir: os.PathLike) -> str:
+    """Copies the weights (not the optimizer state) of another run's latest checkpoint.
+
+    Stage 2 starts from stage 1 this way; the models must be the same network.
+    The optimizer is not part of the restored objects, so the new stage starts
+    its own schedule from step 0 with fresh momentum, as a Caffe solver given
+    --weights does (keeping the count would make stage 2 of the default flags,
+    20,000 steps after 75,000, end before it starts).
+    """
+    other, mine = read_model_config(model_dir), models.serialize(model)
+    if other != mine:
+        raise ConfigError(f"--init_from {model_dir} holds another model ({other['class_name']} "
+                          f"{other['config']}) than this run's ({mine['class_name']} "
+                          f"{mine['config']})")
+    source = checkpoint_manager(model_dir, model)
+    if source.latest_checkpoint is None:
+        raise ConfigError(f"--init_from {model_dir} holds no checkpoint")
+    restore_complete(source.checkpoint, source.latest_checkpoint, f"--init_from {model_dir}")
+    return source.latest_checkpoint
+
+
+LOCK_FILE = ".trainer.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def trainer_lock(model_dir: os.PathLike, enabled: bool = True):
+    """Holds `model_dir/.trainer.lock` (this host and pid) while a trainer runs.
+
+    A second trainer of the same directory gets a ConfigError naming the
+    first one's pid. A lock left by a process that is no longer running (a
+    kill -9) is taken over, with a warning on the `mgcam_tf` logger.
+    """
+    if not enabled:
+        yield
+        return
+    model_dir = pathlib.Path(model_dir)
+    if model_dir.exists() and not model_dir.is_dir():
+        raise ConfigError(f"--model_dir {model_dir} is a file, not a folder")
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"--model_dir {model_dir}: cannot create it ({err.strerror})") from None
+    path = model_dir / LOCK_FILE
+    host = socket.gethostname()
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(path.read_text())
+            except (OSError, ValueError):
+                owner = {}
+            pid = owner.get("pid")
+            if owner.get("host") == host and isinstance(pid, int) and not _alive(pid):
+                logging.getLogger("mgcam_tf").warning(
+                    "%s: taking over the lock of trainer pid %d, which is no longer running",
+                    model_dir, pid)
+                path.unlink(missing_ok=True)
+                continue
+            raise ConfigError(
+                f"--model_dir {model_dir} is in use by another trainer (pid {pid} on "
+                f"{owner.get('host', '?')}, lock {path}); wait for it to finish or choose "
+                "another --model_dir") from None
+        except OSError as err:
+            raise OutputError(f"{path}: cannot create the lock ({err.strerror})") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": host}, f)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def remove_partial_saves(model_dir: os.PathLike) -> None:
+    """Removes what a save killed mid-way leaves (`checkpoints/ckpt-N_temp*`); call
+    it holding the lock, when no save can be running."""
+    folder = pathlib.Path(model_dir) / CHECKPOINT_DIR
+    if folder.is_dir():
+        for leftover in folder.glob("*_temp*"):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() \
+                else leftover.unlink(missing_ok=True)

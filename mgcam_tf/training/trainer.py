@@ -1,0 +1,120 @@
+"""Training runs: `train` resumes a model directory, killed at any moment, to its last checkpoint.
+
+A model directory holds
+  config.json          the model's architecture and the run's settings
+  checkpoints/         tf.train checkpoints of model and optimizer (step included)
+  logs/                TensorBoard: every loss, the learning rate, the
+                       accuracies, and images of Phi+ beside its mask target
+
+tf.train.CheckpointManager writes a checkpoint's files first and then
+renames the `checkpoint` state file onto its new content, so a run killed
+mid-save resumes from the previous, complete checkpoint.
+
+Several workers (tf.distribute.MultiWorkerMirroredStrategy): every worker
+takes part in each save, as the strategy requires, but only the chief's files
+count: the others write into a temporary folder of their own and delete it.
+Every worker resumes from the chief's latest checkpoint, so `model_dir` must be
+one folder that all workers can read (a shared file system or a bucket).
+Keras' BackupAndRestore callback is not used: it overwrites one weights file
+in place (a worker killed mid-write leaves no good backup), saves no
+optimizer state (SGD momentum) and has every worker write the same file.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from mgcam_tf.modeling import models
+from mgcam_tf.modeling.losses import MGCAMObjective
+from mgcam_tf.training import callbacks as run_callbacks
+from mgcam_tf.training import distribution, run_dir, task
+from mgcam_tf.training import solver as schedule
+
+
+def train(model_dir: os.PathLike, dataset: tf.data.Dataset, model_config: dict,
+          solver: schedule.SolverConfig, objective: MGCAMObjective, run: run_dir.RunConfig,
+          *, strategy: tf.distribute.Strategy | None = None,
+          synchronized_bn: bool = False, init_from: os.PathLike | None = None,
+          settings: dict | None = None, verbose: int | str = 0,
+          callbacks: Sequence[keras.callbacks.Callback] = (),
+          mixed_precision: str = "float32", jit_compile: bool = False) -> task.TrainingTask:
+    """Trains `run.total_steps` steps, resuming from `model_dir` if it holds a checkpoint.
+
+    dataset: an infinite tf.data.Dataset of (x, y) batches (see docs/ARCHITECTURE.md),
+    of the global batch size under a strategy (each worker builds the same one;
+    tf.data splits every batch between the replicas).
+    strategy: default, MirroredStrategy (one machine, several GPUs) or
+    MultiWorkerMirroredStrategy (see the module docstring: only the chief
+    writes config.json, checkpoints and TensorBoard logs).
+    mixed_precision: "float32", "mixed_float16" or "mixed_bfloat16" (Keras dtype
+    policies; attention and losses stay float32; float16 gets loss scaling).
+    jit_compile: compile the train step with XLA.
+    Returns the training task; `.network` is the trained model. Raises
+    TrainingError if the loss becomes NaN.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = distribution.is_chief(strategy)
+    # One trainer per model directory (the chief's lock; the other workers of
+    # a multi-worker run share the directory by design).
+    with run_dir.trainer_lock(model_dir, enabled=chief):
+        return _train(model_dir, dataset, model_config, solver, objective, run,
+                      strategy=strategy, chief=chief, synchronized_bn=synchronized_bn,
+                      init_from=init_from, settings=settings, verbose=verbose,
+                      callbacks=callbacks, mixed_precision=mixed_precision,
+                      jit_compile=jit_compile)
+
+
+def _train(model_dir, dataset, model_config, solver, objective, run, *, strategy, chief,
+           synchronized_bn, init_from, settings, verbose, callbacks, mixed_precision,
+           jit_compile) -> task.TrainingTask:
+    run_dir.remove_partial_saves(model_dir)
+    with strategy.scope():
+        network = models.model_from_config(model_config, synchronized_bn=synchronized_bn,
+                                           mixed_precision=mixed_precision)
+        model = task.build_task(network, solver, objective, jit_compile=jit_compile)
+        model.optimizer.build(model.trainable_variables)
+    if chief:
+        run_dir.prepare_model_dir(model_dir, model_config, settings or {})
+    # Checkpoints hold the network (as `model`) and the optimizer, the same
+    # object paths as before the task was split from the network.
+    manager = run_dir.checkpoint_manager(model_dir, network, model.optimizer,
+                                         run.max_checkpoints)
+    done = 0
+    if manager.latest_checkpoint:
+        manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        done = run_dir.checkpoint_step(manager.latest_checkpoint)
+    elif init_from:
+        run_dir.initialise_from(network, init_from)
+    if done >= run.total_steps:
+        return model
+    scratch_dir = None
+    if not chief:
+        # This worker's saves only keep the strategy's collectives in step.
+        scratch_dir = os.path.join(model_dir, f".worker{distribution.task_id(strategy)}_checkpoints.tmp")
+        manager = run_dir.checkpoint_manager(model_dir, network, model.optimizer, 1,
+                                             directory=scratch_dir)
+    image_batch = next(iter(dataset.take(1))) if chief else None
+    saver = run_callbacks.CheckpointEveryEpoch(manager, chief, done, scratch_dir)
+    all_callbacks = [run_callbacks.StopOnNaN(), saver, *callbacks]
+    if chief:
+        all_callbacks.append(run_callbacks.TensorBoardLogger(os.path.join(model_dir, run_dir.LOG_DIR),
+                                               run.log_every, run.image_every, image_batch, settings=settings))
+    # An "epoch" is one checkpoint interval. A run resumed from a checkpoint
+    # that is not on this run's interval grid (another --checkpoint_every)
+    # first trains up to the next multiple of the interval.
+    every = run.checkpoint_every
+    fits = []
+    if done % every:
+        fits.append(dict(epochs=1, initial_epoch=0,
+                         steps_per_epoch=min(every - done % every, run.total_steps - done)))
+    boundary = done + sum(f["steps_per_epoch"] for f in fits)
+    if boundary < run.total_steps:
+        fits.append(dict(epochs=run.total_steps // every, initial_epoch=boundary // every,
+                         steps_per_epoch=every))
+    for fit in fits:
+        model.fit(dataset, callbacks=all_callbacks, verbose=verbose, shuffle=False, **fit)
+    return model

@@ -1,0 +1,56 @@
+"""The shipped preset: it loads, embeds, states its provenance, and reaches the
+figures its preset.json gives on the data it names."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+import mgcam_tf
+from mgcam_tf import presets
+from mgcam_tf.errors import ConfigError
+
+NAME = "mgcam_siamese_cuhk03"
+
+
+def test_preset_is_shipped_small_and_documented():
+    assert NAME in presets.list_presets()
+    folder = presets.preset_dir(NAME)
+    size = sum(p.stat().st_size for p in pathlib.Path(folder).rglob("*") if p.is_file())
+    assert size < 8 * 2**20, size
+    info = presets.preset_info(NAME)
+    assert "research" in info["terms"] and "CUHK03" in info["terms"]
+    assert info["trained_with"] and info["commit"]
+    assert {"euclidean/single_query", "euclidean/all_queries"} <= set(info["evaluation"])
+
+
+def test_load_preset_embeds():
+    model = mgcam_tf.load_preset(NAME)
+    assert type(model).__name__ == "MGCAM"
+    rgbm = np.random.RandomState(0).randn(3, 160, 64, 4).astype("float32")
+    h = model.embed(rgbm).numpy()
+    assert h.shape == (3, 128) and np.all(np.isfinite(h))
+
+
+def test_unknown_preset_names_the_known_ones():
+    with pytest.raises(ConfigError, match=NAME):
+        presets.preset_dir("no_such_preset")
+
+
+def test_preset_reaches_its_stated_figures(shared_data):
+    from mgcam_tf.data import layouts
+    from mgcam_tf.evaluation import evaluator, features
+
+    info = presets.preset_info(NAME)
+    dataset = layouts.load_dataset(str(shared_data / "cuhk03_pair1"))
+    model = presets.load_preset(NAME)
+    query = features.split_features(model, dataset.query, batch_size=128)
+    gallery = features.split_features(model, dataset.gallery, batch_size=128)
+    for protocol in ("single_query", "all_queries"):
+        result = evaluator.ReidEvaluator("euclidean", protocol=protocol).evaluate(
+            query, gallery).result
+        want = info["evaluation"][f"euclidean/{protocol}"]
+        assert result.rank(1) == pytest.approx(want["rank1"], abs=2e-3), protocol
+        assert result.mAP == pytest.approx(want["mAP"], abs=2e-3), protocol
+    assert json.loads(json.dumps(info))  # plain JSON

@@ -1,0 +1,20 @@
+"""Every ```python block of docs/API.md runs as it is (each block stands alone)."""
+
+import pathlib
+import re
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BLOCKS = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "API.md").read_text(), re.S)
+
+
+def test_api_md_has_examples():
+    assert len(BLOCKS) >= 4
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_api_example_runs(index, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(BLOCKS[index], f"docs/API.md block {index + 1}", "exec"),
+         {"__name__": "__api_example__"})

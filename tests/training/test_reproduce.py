@@ -1,0 +1,106 @@
+"""The results-table flagfiles parse, share one budget, and tools/results_table.py builds
+the table from mgcam-eval JSONs (docs/RESULTS.md, tools/reproduce.sh)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+
+import results_table  # noqa: E402
+
+FLAGFILES = sorted((REPO_ROOT / "flags").glob("cuhk03_pair1_*.flags"))
+
+
+def _flags(path: pathlib.Path) -> dict:
+    values = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("--"):
+            name, _, value = line[2:].partition("=")
+            values[name] = value
+    return values
+
+
+def test_one_flagfile_per_row_and_one_budget():
+    rows = {p.name[len("cuhk03_pair1_"):-len(".flags")] for p in FLAGFILES}
+    assert rows == {row for row, _ in results_table.ROWS}
+    stage1 = [_flags(p) for p in FLAGFILES if _flags(p)["stage"] == "1"]
+    assert len(stage1) == 5
+    for key in ("total_steps", "batch_size", "lr_step", "base_lr", "data_dir"):
+        assert len({f[key] for f in stage1}) == 1, key
+    siamese = _flags(REPO_ROOT / "flags" / "cuhk03_pair1_mgcam_siamese_rgbm.flags")
+    assert siamese["init_from"] == _flags(
+        REPO_ROOT / "flags" / "cuhk03_pair1_mgcam_rgbm.flags")["model_dir"]
+    for path in FLAGFILES:
+        flags = _flags(path)
+        # Seed 0's folder; tools/reproduce.sh sets --seed and --model_dir per seed.
+        assert flags["model_dir"] == "runs/cuhk03_pair1/" + path.name[13:-6] + "_s0"
+        assert flags["evaluate"] == "false"
+        assert int(flags["total_steps"]) >= (3000 if flags["stage"] == "1" else 1)
+        assert flags["eval_every"] == "250"
+
+
+@pytest.mark.parametrize("flagfile", FLAGFILES, ids=lambda p: p.stem)
+def test_flagfile_dry_run(flagfile):
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "train.py"), f"--flagfile={flagfile}",
+         "--dry_run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "flags are valid" in proc.stdout
+    assert f"total_steps={_flags(flagfile)['total_steps']}" in proc.stdout
+
+
+def _eval_json(path, rank1, ap, first_match, aps):
+    path.write_text(json.dumps({"rank1": rank1, "mAP": ap, "rank5": 0.9,
+                                "per_query": {"ap": aps, "first_match": first_match}}))
+
+
+def test_results_table_from_json(tmp_path):
+    runs = tmp_path / "runs"
+    # Two seeds of MSCAN-body RGB-M, one of MGCAM RGB-M.
+    for row, seed, r1 in (("mscan_rgbm", 0, 0.25), ("mscan_rgbm", 1, 0.35), ("mgcam_rgbm", 0, 0.5)):
+        folder = runs / f"{row}_s{seed}"
+        folder.mkdir(parents=True)
+        for metric in ("euclidean", "xqda+rerank"):
+            for protocol in ("single_query", "all_queries"):
+                first = [0, 1, 0, 2] if row == "mgcam_rgbm" else [1, 1, 0, 2]
+                _eval_json(folder / f"eval_{metric}_{protocol}.json", r1, r1 / 2, first,
+                           [1.0, 0.5, 1.0, 0.3])
+    out = tmp_path / "docs"
+    assert results_table.main([f"--runs_dir={runs}", f"--out_dir={out}", "--no-figures"]) == 0
+    text = (out / "results_table.md").read_text()
+    lines = text.splitlines()
+    assert lines[0] == "**single query (200 queries)**"
+    by_label = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines
+                if line.startswith("| M")}
+    # mean +- sample std over the two seeds, then the seed count.
+    assert by_label["MSCAN-body, RGB-M"][0] == "30.00 ± 7.07 / 15.00 ± 3.54 (2)"
+    assert by_label["MGCAM, RGB-M"][0] == "50.00 / 25.00 (1)"
+    assert by_label["MGCAM, RGB-M"][1] == "-"          # xqda JSON missing
+    assert set(by_label["MSCAN-body, RGB"][:-1]) == {"-"}
+    # MGCAM vs MSCAN-body on seed 0: query 0 is a hit for MGCAM only (+25 rank-1 points).
+    row = next(line for line in lines if line.startswith("| MGCAM vs MSCAN-body (RGB-M) | single"))
+    assert "| 0 | +25.00 [" in row and "| +0.00 [+0.00, +0.00] |" in row
+    assert "not run yet" in text
+
+
+def test_line_plot_draws_series():
+    image = results_table.line_plot({"a": [(0, 1.0), (10, 2.0)], "b": [(5, 1.5)]},
+                                    "ITERATION", "LOSS")
+    assert image.dtype.name == "uint8" and image.shape == (420, 720, 3)
+    assert (image != 255).any(axis=2).sum() > 500
+
+
+def test_results_table_custom_rows(tmp_path):
+    (tmp_path / "try_a_s0").mkdir()
+    (tmp_path / "try_a_s0" / "eval_xqda_single_query.json").write_text(
+        json.dumps({"rank1": 0.1, "mAP": 0.2}))
+    assert results_table.main([f"--runs_dir={tmp_path}", f"--out_dir={tmp_path}",
+                                "--no-figures", "--rows=try_a,try_b"]) == 0
+    lines = (tmp_path / "results_table.md").read_text().splitlines()
+    assert lines[4] == "| try_a | - | 10.00 / 20.00 (1) | - | - | - |"
+    assert lines[5].startswith("| try_b | - |")
