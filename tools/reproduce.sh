@@ -18,10 +18,13 @@ PY=${PYTHON:-python}
 DATA=../shared/data/cuhk03_pair1
 RUNS=${RUNS:-runs/cuhk03_pair1}
 PHASE=${PHASE:-all}
-# (row seed) in the order they train: the three rows of the main comparisons first.
-QUEUE="mgcam_rgbm:0 mscan_rgbm:0 mgcam_siamese_rgbm:0 mgcam_rgb:0 mgcam_hard_rgbm:0 mscan_rgb:0
-       mgcam_rgbm:1 mscan_rgbm:1 mgcam_siamese_rgbm:1 mgcam_rgbm:2 mscan_rgbm:2
-       mgcam_siamese_rgbm:2"
+# (row seed) in the order they train: each seed of the three rows the main comparisons
+# rest on, the Siamese stage 2 right after the stage-1 run it starts from (so that a
+# session that ends mid-queue leaves whole seeds), then the one-seed ablation rows.
+QUEUE="mgcam_rgbm:0 mgcam_siamese_rgbm:0 mscan_rgbm:0
+       mgcam_rgbm:1 mgcam_siamese_rgbm:1 mscan_rgbm:1
+       mgcam_rgbm:2 mgcam_siamese_rgbm:2 mscan_rgbm:2
+       mgcam_rgb:0 mgcam_hard_rgbm:0 mscan_rgb:0"
 
 train() {  # row seed [extra flags...]
   local row=$1 seed=$2 init=()
