@@ -15,6 +15,14 @@ every package.
 from __future__ import annotations
 
 import importlib
+import os
+
+# MSCAN's dilated convolutions have no gradient in TensorFlow's own CPU kernels
+# ("Current CPU implementations do not yet support dilation rates larger than
+# 1"); oneDNN's have one. TF turns oneDNN on by itself only on CPUs with
+# AVX512/AMX, so training failed on AVX2 machines (AMD EPYC, older Intel).
+# It must be set before TensorFlow is imported; a user's own setting wins.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 __version__ = "0.1.0"
 

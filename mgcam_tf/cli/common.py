@@ -226,6 +226,30 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
+def _verbose() -> bool:
+    return "verbose" in flags.FLAGS and bool(flags.FLAGS["verbose"].value)
+
+
+def op_error_summary(message: str) -> str:
+    """The line of a TensorFlow error that says what went wrong.
+
+    A graph-mode error starts with "Graph execution error:" and the Python
+    frames of the node; the cause is the first line after them that is not a
+    frame, a source line or a node annotation.
+    """
+    lines = [line.strip() for line in str(message).splitlines()]
+    if not lines or not lines[0].startswith("Graph execution error"):
+        return lines[0] if lines else ""
+    for line in lines[1:]:
+        if (not line or line.startswith(("Detected at node", "File ", "[[", "(", "Traceback"))
+                or line.endswith(("(most recent call last):", ":"))):
+            continue
+        if line.startswith("Stack trace for op definition"):
+            break
+        return line
+    return lines[0]
+
+
 def one_line_errors(main: Callable) -> Callable:
     """Wraps an absl main so that a user's mistake ends in one line, not a stack trace.
 
@@ -254,7 +278,10 @@ def one_line_errors(main: Callable) -> Callable:
                 # from inside the tf.data runtime; the pipeline knows its name.
                 pipeline = sys.modules.get("mgcam_tf.data.pipeline")
                 data_error = pipeline.data_error_from(err) if pipeline else None
-                fail(str(data_error) if data_error else f"{type(err).__name__}: {err.message}")
+                if data_error is None and _verbose():
+                    raise  # --verbose: the whole trace, for a bug report
+                fail(str(data_error) if data_error else
+                     f"{type(err).__name__}: {op_error_summary(err.message)}")
             raise
 
     return wrapped

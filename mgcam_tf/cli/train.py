@@ -46,11 +46,12 @@ flags.DEFINE_float("dropout", 0.2, "Dropout after h.")
 flags.DEFINE_bool("in_place_dropout", False, "Official prototxt: the region and Siamese "
                   "losses read h after its (in-place) dropout; the paper's h is before it.")
 flags.DEFINE_bool("sync_bn", False, "Synchronise BatchNorm statistics across replicas.")
-flags.DEFINE_enum("mixed_precision", "float32", list(conventions.PRECISIONS),
+flags.DEFINE_enum("mixed_precision", "float32", list(conventions.PRECISIONS) + ["auto"],
                   "Keras dtype policy: float32, or float16/bfloat16 computation with float32 "
                   "variables (attention and losses stay float32; float16 gets loss "
                   "scaling). mixed_bfloat16 is about twice as fast on CPUs with AVX512_BF16 "
-                  "or AMX; mixed_float16 is for GPUs.")
+                  "or AMX; mixed_float16 is for GPUs. auto: mixed_bfloat16 where the CPU "
+                  "or GPU computes in bfloat16, float32 elsewhere (the run records which).")
 # -- schedule ------------------------------------------------------------------
 flags.DEFINE_enum("stage", "1", sorted(experiments.STAGES),
                   "1: MGCAM (no Siamese loss, random batches); 2: MGCAM-Siamese "
@@ -206,6 +207,7 @@ def main(argv):
 
     from mgcam_tf.training import callbacks
     from mgcam_tf.training import distribution
+    from mgcam_tf.training import precision
     from mgcam_tf.training import run_dir
     from mgcam_tf.training import trainer
     from mgcam_tf.data import layouts, synthetic
@@ -237,6 +239,7 @@ def main(argv):
     own_flags = FLAGS.flags_by_module_dict()[FLAGS.find_module_defining_flag("model_dir")]
     settings = {flag.name: flag.value for flag in own_flags}
     settings["data_dir"] = data_dir
+    settings["mixed_precision"] = precision.resolve_precision(FLAGS.mixed_precision)
     extra_callbacks = []
     if FLAGS.eval_every and distribution.is_chief(strategy):
         target = dataset if not FLAGS.eval_data_dir else layouts.load_dataset(
@@ -254,7 +257,7 @@ def main(argv):
         FLAGS.model_dir, batches, model_config_from_flags(dataset.num_train_ids), solver,
         objective, run, strategy=strategy, synchronized_bn=FLAGS.sync_bn,
         init_from=FLAGS.init_from or None, settings=settings,
-        mixed_precision=FLAGS.mixed_precision, callbacks=extra_callbacks, verbose=0)
+        mixed_precision=settings["mixed_precision"], callbacks=extra_callbacks, verbose=0)
     bar.close()
     step = int(model.optimizer.iterations.numpy())
     print(f"trained {step} steps; checkpoints and TensorBoard logs in {FLAGS.model_dir}")
