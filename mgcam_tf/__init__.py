@@ -17,11 +17,12 @@ from __future__ import annotations
 import importlib
 import os
 
-# MSCAN's dilated convolutions have no gradient in TensorFlow's own CPU kernels
-# ("Current CPU implementations do not yet support dilation rates larger than
-# 1"); oneDNN's have one. TF turns oneDNN on by itself only on CPUs with
-# AVX512/AMX, so training failed on AVX2 machines (AMD EPYC, older Intel).
-# It must be set before TensorFlow is imported; a user's own setting wins.
+# oneDNN's CPU kernels: the fused convolution + bias path of modeling/layers.py
+# that docs/PERFORMANCE.md measures, and the only CPU kernels with a dilated
+# Conv2D gradient. TF turns them on by itself only on CPUs with AVX512/AMX;
+# on AVX2-only CPUs (AMD EPYC, older Intel) the layers fall back to
+# space-to-batch when TF was loaded without them. It only takes effect when
+# set before TensorFlow is imported; a user's own setting wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 __version__ = "0.1.0"

@@ -5,7 +5,12 @@ import pathlib
 
 import pytest
 
+from mgcam_tf.errors import DataError
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# What `import mgcam_tf` sets for the commands (oneDNN's CPU kernels), here before
+# any test module imports TensorFlow itself.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(
@@ -33,3 +38,21 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow_crash: a kill -9 test; reduced (one kill point) "
                             "unless --crash-full")
+
+
+_MASK_MODEL_UNAVAILABLE: list[str] = []   # why, once: a failed search is not retried per test
+
+
+@pytest.fixture(scope="session")
+def mask_model() -> pathlib.Path:
+    """The verified BlazePose-full model file, or a skip that says why there is none."""
+    from mgcam_tf.segmentation import model_file
+
+    if not _MASK_MODEL_UNAVAILABLE:
+        try:
+            return model_file.resolve_model_path()
+        except DataError as err:
+            _MASK_MODEL_UNAVAILABLE.append(
+                f"BlazePose-full model not available ({err}); set "
+                f"{model_file.ENV_MODEL} to pose_landmark_full.tflite or the wheel")
+    pytest.skip(_MASK_MODEL_UNAVAILABLE[0])

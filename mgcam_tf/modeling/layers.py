@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
 from keras import layers, ops
@@ -43,6 +45,22 @@ def xavier_conv(filters: int, kernel_size: int, dilation_rate: int = 1,
         dtype=dtype)
 
 
+@functools.lru_cache(maxsize=None)
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its CPU convolutions through oneDNN.
+
+    TF turns oneDNN on by itself only on CPUs with AVX512/AMX (or with
+    TF_ENABLE_ONEDNN_OPTS=1 set before it loads); GPUs run the native dilated
+    convolution whatever this says. An unknown answer reads as False, which
+    takes the path that works everywhere.
+    """
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return False
+
+
 def conv_bn(conv: layers.Conv2D, norm: layers.BatchNormalization, inputs, training=None,
             dtype="float32"):
     """`norm(conv(inputs))`, computed the fast way, with the same mathematics.
@@ -68,8 +86,15 @@ def conv_bn(conv: layers.Conv2D, norm: layers.BatchNormalization, inputs, traini
     if not norm.built:
         norm.build(conv.compute_output_shape(inputs.shape))
     x = ops.cast(inputs, dtype)
-    y = tf.nn.conv2d(x, ops.cast(conv.kernel, dtype), strides=1, padding="SAME",
-                     dilations=conv.dilation_rate)
+    if max(conv.dilation_rate) == 1 or onednn_enabled():
+        y = tf.nn.conv2d(x, ops.cast(conv.kernel, dtype), strides=1, padding="SAME",
+                         dilations=conv.dilation_rate)
+    else:
+        # TF's own CPU kernels have no gradient for a dilated Conv2D ("Current
+        # CPU implementations do not yet support dilation rates larger than 1"):
+        # tf.nn.convolution computes the same function through space-to-batch.
+        y = tf.nn.convolution(x, ops.cast(conv.kernel, dtype), padding="SAME",
+                              dilations=conv.dilation_rate)
     y = tf.nn.bias_add(y, ops.cast(conv.bias, dtype))
     channels = y.shape[-1]
     # No learned scale or shift (Caffe BatchNorm without Scale): 1 and 0.
