@@ -199,6 +199,10 @@ def convert_onnx(model: Any, opset: int = ONNX_OPSET) -> bytes:
     except ImportError:
         raise ConfigError(f"--format=onnx needs tf2onnx, which is not installed: "
                           f"pip install {ONNX_REQUIREMENT}") from None
+    import logging
+
+    # tf2onnx logs each optimiser pass at INFO through absl; a user sees none of it.
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     fn = embedding_tf_function(model)
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature,
                                              opset=opset)
