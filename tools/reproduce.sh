@@ -11,12 +11,16 @@
 #
 # Rerunning skips finished work: a training resumes from its last checkpoint (or
 # returns at once when it reached --total_steps); an evaluation whose JSON exists is
-# not run again. Runs go to $RUNS/<row>_s<seed>/.
+# not run again. Runs go to $RUNS/<row>_s<seed>/, their records to $RECORDS/<row>_s<seed>/;
+# the table is made from every record there, this machine's runs and earlier ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 DATA=../shared/data/cuhk03_pair1
 RUNS=${RUNS:-runs/cuhk03_pair1}
+# Each evaluated run's record (tools/run_record.py: configs, evaluations, scalars; no
+# weights), committed, so that the table keeps the runs of machines since replaced.
+RECORDS=${RECORDS:-docs/results/cuhk03_pair1}
 PHASE=${PHASE:-all}
 # (row seed) in the order they train: each seed of the three rows the main comparisons
 # rest on, the Siamese stage 2 right after the stage-1 run it starts from (so that a
@@ -73,13 +77,14 @@ evaluate() {  # run folder: features once (XQDA and KISSME need the training spl
 for dir in "$RUNS"/*_s[0-9]*; do
   if [ -d "$dir/checkpoints" ] && finished "$dir"; then
     echo "=== evaluate $dir $(date +%T)"; evaluate "$dir"
+    "$PY" tools/run_record.py "$dir" "$RECORDS"
   else
     echo "=== $dir: not finished, not evaluated (rerun the script to resume it)"
   fi
 done
 echo "=== table $(date +%T)"
-"$PY" tools/results_table.py --runs_dir="$RUNS" --out_dir=docs --data_dir=$DATA \
-  --results_md=docs/RESULTS.md
+"$PY" tools/results_table.py --runs_dir="$RECORDS" --weights_dir="$RUNS" --out_dir=docs \
+  --data_dir=$DATA --results_md=docs/RESULTS.md
 # The preset: the best MGCAM-Siamese RGB-M of the table by Euclidean all-queries mAP.
 best=$("$PY" - "$RUNS" <<'PY'
 import glob, json, sys

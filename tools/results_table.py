@@ -1,7 +1,7 @@
 """Results table, intervals and figures of docs/RESULTS.md from what tools/reproduce.sh writes.
 
-  python tools/results_table.py --runs_dir=runs/cuhk03_pair1 --out_dir=docs \
-      --data_dir=../shared/data/cuhk03_pair1
+  python tools/results_table.py --runs_dir=docs/results/cuhk03_pair1 --out_dir=docs \
+      --data_dir=../shared/data/cuhk03_pair1 --weights_dir=runs/cuhk03_pair1
 
 Reads <runs_dir>/<row>_s<seed>/eval_<metric>_<protocol>.json (mgcam-eval --json_out
 --per_query) for every row and seed there is, and writes <out_dir>/results_table.md:
@@ -34,6 +34,9 @@ if ROOT not in sys.path:
 
 from mgcam_tf import atomic_files  # noqa: E402
 from mgcam_tf.evaluation import bootstrap, reports  # noqa: E402  (numpy only, no TF)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run_record  # noqa: E402  (tools/run_record.py)
 
 ROWS = [("mscan_rgb", "MSCAN-body, RGB"),
         ("mscan_rgbm", "MSCAN-body, RGB-M"),
@@ -153,55 +156,47 @@ def intervals_markdown(results: dict, metric: str = "euclidean", protocols=PROTO
     return "\n".join(lines) + "\n"
 
 
+def _settings(folder: str) -> dict:
+    with open(os.path.join(folder, "config.json")) as f:
+        return json.load(f).get("settings", {})
+
+
 def training_times(runs_dir: str, rows=ROWS) -> str:
-    """Wall time of each run, from the first to the last scalar of its TensorBoard log."""
-    lines = ["| run | steps | wall time (min) |", "| --- | --- | --- |"]
+    """Wall time of each run, from the first to the last scalar of its TensorBoard log,
+    and the precision it trained in (`--mixed_precision=auto` picks by CPU)."""
+    lines = ["| run | steps | precision | wall time (min) |", "| --- | --- | --- | --- |"]
     for row, _ in rows:
         for seed, folder in seed_dirs(runs_dir, row).items():
-            times = read_wall_times(os.path.join(folder, "logs"))
+            times = read_wall_times(folder)
             if times:
                 (_, t0), (s1, t1) = times[0], times[-1]
-                lines.append(f"| {row}_s{seed} | {s1} | {(t1 - t0) / 60:.1f} |")
+                precision = _settings(folder).get("mixed_precision", "?")
+                lines.append(f"| {row}_s{seed} | {s1} | {precision} | {(t1 - t0) / 60:.1f} |")
     return "\n".join(lines) + "\n"
 
 
-def read_scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:
-    """tag -> [(step, value)] sorted by step from every TensorBoard event file in log_dir."""
-    import tensorflow as tf
-
-    series: dict[str, dict[int, float]] = {}
-    for path in sorted(glob.glob(os.path.join(log_dir, "events.*"))):
-        try:
-            for event in tf.compat.v1.train.summary_iterator(path):
-                for value in event.summary.value:
-                    if value.HasField("tensor"):
-                        array = tf.make_ndarray(value.tensor)
-                        if array.size != 1 or array.dtype.kind not in "fiu":
-                            continue  # images and text
-                        number = float(array.reshape(()))
-                    elif value.HasField("simple_value"):
-                        number = float(value.simple_value)
-                    else:
-                        continue
-                    series.setdefault(value.tag, {})[int(event.step)] = number
-        except tf.errors.DataLossError:  # a file still being written: keep what was read
-            pass
-    return {tag: sorted(points.items()) for tag, points in series.items()}
+def run_scalars(folder: str) -> dict[str, list[list[float]]]:
+    """tag -> [[step, value, wall time]] of a run: its record's scalars.json, or the
+    TensorBoard events of a run folder (tools/run_record.py reads them the same way)."""
+    path = os.path.join(folder, run_record.SCALARS)
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    log_dir = os.path.join(folder, "logs")
+    return run_record.event_scalars(log_dir) if os.path.isdir(log_dir) else {}
 
 
-def read_wall_times(log_dir: str, tag: str = "loss") -> list[tuple[int, float]]:
-    """[(step, wall time)] of one scalar's events (resumed runs: every segment)."""
-    import tensorflow as tf
+def read_scalars(folder: str) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] sorted by step."""
+    return {tag: [(int(p[0]), p[1]) for p in points]
+            for tag, points in run_scalars(folder).items()}
 
-    out = []
-    for path in sorted(glob.glob(os.path.join(log_dir, "events.*"))):
-        try:
-            for event in tf.compat.v1.train.summary_iterator(path):
-                if any(v.tag in (tag, "loss/total") for v in event.summary.value):
-                    out.append((int(event.step), float(event.wall_time)))
-        except tf.errors.DataLossError:
-            pass
-    return sorted(out)
+
+def read_wall_times(folder: str) -> list[tuple[int, float]]:
+    """[(step, wall time)] of the total loss (resumed runs: every segment)."""
+    scalars = run_scalars(folder)
+    points = scalars.get("loss/total", scalars.get("loss", []))
+    return [(int(p[0]), p[2]) for p in points]
 
 
 def line_plot(series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str,
@@ -260,11 +255,10 @@ def loss_figures(runs_dir: str, fig_dir: str, rows=ROWS) -> list[str]:
     written = []
     totals = {}
     for row, _ in rows:
-        log_dir = os.path.join(seed_dirs(runs_dir, row).get(0, "-"), "logs")
-        if not os.path.isdir(log_dir):
+        scalars = read_scalars(seed_dirs(runs_dir, row).get(0, "-"))
+        if not scalars:
             print(f"no logs for {row} seed 0: skipped in the loss plots")
             continue
-        scalars = read_scalars(log_dir)
         total = scalars.get("loss/total", scalars.get("loss"))
         if total:
             totals[row] = total
@@ -288,14 +282,16 @@ def loss_figures(runs_dir: str, fig_dir: str, rows=ROWS) -> list[str]:
 def _stage1_steps(folder: str) -> int:
     """Steps of the stage-1 run a stage-2 run started from (0 for a stage-1 run), so
     that a stage-2 curve continues its stage-1 curve."""
-    with open(os.path.join(folder, "config.json")) as f:
-        settings = json.load(f).get("settings", {})
+    settings = _settings(folder)
     init = settings.get("init_from")
-    if settings.get("stage") != "2" or not init or not os.path.isfile(
-            os.path.join(init, "config.json")):
+    if settings.get("stage") != "2" or not init:
         return 0
-    with open(os.path.join(init, "config.json")) as f:
-        return int(json.load(f)["settings"]["total_steps"])
+    # A record sits beside the record of the run it started from.
+    for candidate in (init, os.path.join(os.path.dirname(folder), os.path.basename(
+            init.rstrip("/")))):
+        if os.path.isfile(os.path.join(candidate, "config.json")):
+            return int(_settings(candidate)["total_steps"])
+    return 0
 
 
 def rank1_figure(runs_dir: str, fig_dir: str, rows=ROWS) -> tuple[str | None, dict]:
@@ -319,10 +315,12 @@ def rank1_figure(runs_dir: str, fig_dir: str, rows=ROWS) -> tuple[str | None, di
 
 def attention_figure(runs_dir: str, fig_dir: str, row: str, data_dir: str,
                      num_images: int = 6) -> str | None:
-    """Query images, their masks and Phi+ (40x16, nearest-upscaled to 160x64) side by side."""
+    """Query images, their masks and Phi+ (40x16, nearest-upscaled to 160x64) side by side.
+    Needs the run folder's weights (runs_dir: the run folders, not the records)."""
     folder = seed_dirs(runs_dir, row).get(0, "-")
     if not (data_dir and os.path.isdir(os.path.join(folder, "checkpoints"))):
-        print(f"no checkpoint of {row} seed 0 or no --data_dir: attention maps skipped")
+        print(f"no checkpoint of {row} seed 0 in {runs_dir} or no --data_dir: attention "
+              "maps skipped (the figure there is kept)")
         return None
     import tensorflow as tf
 
@@ -357,7 +355,10 @@ def attention_figure(runs_dir: str, fig_dir: str, row: str, data_dir: str,
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs_dir", default="runs/cuhk03_pair1")
+    parser.add_argument("--runs_dir", default="docs/results/cuhk03_pair1",
+                        help="the runs' records (tools/run_record.py) or run folders")
+    parser.add_argument("--weights_dir", default="", help="the run folders, with their "
+                        "checkpoints, for the attention maps (default: --runs_dir)")
     parser.add_argument("--out_dir", default="docs")
     parser.add_argument("--data_dir", default="", help="data set (for the attention maps)")
     parser.add_argument("--attention_row", default="mgcam_rgbm")
@@ -396,7 +397,8 @@ def main(argv=None) -> int:
             print(f"wrote {path}")
             for row, points in curves.items():
                 print(f"{row} rank-1 %: " + " ".join(f"{s}:{v:.1f}" for s, v in points))
-        path = attention_figure(args.runs_dir, fig_dir, args.attention_row, args.data_dir)
+        path = attention_figure(args.weights_dir or args.runs_dir, fig_dir,
+                                args.attention_row, args.data_dir)
         if path:
             print(f"wrote {path}")
     return 0

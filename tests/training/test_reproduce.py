@@ -104,3 +104,62 @@ def test_results_table_custom_rows(tmp_path):
     lines = (tmp_path / "results_table.md").read_text().splitlines()
     assert lines[4] == "| try_a | - | 10.00 / 20.00 (1) | - | - | - |"
     assert lines[5].startswith("| try_b | - |")
+
+
+def _fake_run(folder: pathlib.Path, init_from: str = "", stage: str = "1"):
+    """A run folder as mgcam-train and tools/reproduce.sh leave it (no checkpoints)."""
+    import tensorflow as tf
+
+    folder.mkdir(parents=True)
+    settings = {"total_steps": 20, "mixed_precision": "float32", "stage": stage,
+                "init_from": init_from}
+    (folder / "config.json").write_text(json.dumps({"config": {}, "settings": settings}))
+    (folder / "eval_history.json").write_text(json.dumps(
+        {"points": [{"step": 0, "rank1": 0.0, "mAP": 0.01}, {"step": 20, "rank1": 0.3,
+                                                             "mAP": 0.2}]}))
+    _eval_json(folder / "eval_euclidean_single_query.json", 0.3, 0.2, [0, 3],
+               [0.123456789, 0.5])
+    writer = tf.summary.create_file_writer(str(folder / "logs"))
+    with writer.as_default():
+        for step in range(0, 21, 10):
+            tf.summary.scalar("loss/total", 5.0 - step / 10, step=step)
+            tf.summary.scalar("loss/identity", 4.0 - step / 10, step=step)
+            tf.summary.image("attention/phi", tf.zeros([1, 8, 4, 1]), step=step)
+    writer.close()
+
+
+def test_record_of_a_run_makes_the_same_table(tmp_path):
+    """tools/run_record.py keeps what the table needs; the table from the records
+    equals the table from the run folders, and a rerun replaces a record whole."""
+    import run_record
+
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    _fake_run(runs / "mgcam_rgbm_s0")
+    _fake_run(runs / "mgcam_siamese_rgbm_s0", init_from=str(runs / "mgcam_rgbm_s0"), stage="2")
+    for name in ("mgcam_rgbm_s0", "mgcam_siamese_rgbm_s0"):
+        run_record.write_record(str(runs / name), str(records))
+    record = records / "mgcam_rgbm_s0"
+    assert sorted(p.name for p in record.iterdir()) == [
+        "config.json", "eval_euclidean_single_query.json", "eval_history.json", "scalars.json"]
+    scalars = json.loads((record / "scalars.json").read_text())
+    assert [p[:2] for p in scalars["loss/total"]] == [[0, 5.0], [10, 4.0], [20, 3.0]]
+    assert "attention/phi" not in scalars                     # images stay behind
+    saved = json.loads((record / "eval_euclidean_single_query.json").read_text())
+    assert saved["per_query"]["ap"] == [0.123457, 0.5] and saved["rank1"] == 0.3
+
+    tables = {}
+    for source in (runs, records):
+        out = tmp_path / f"out_{source.name}"
+        assert results_table.main([f"--runs_dir={source}", f"--out_dir={out}"]) == 0
+        tables[source.name] = (out / "results_table.md").read_text()
+        assert (out / "figures" / "rank1_curve.png").is_file()
+        assert (out / "figures" / "training_loss.png").is_file()
+    assert tables["runs"] == tables["records"]
+    assert "| mgcam_rgbm_s0 | 20 | float32 |" in tables["records"]
+    # The Siamese curve continues its stage-1 run's 20 steps, found beside it.
+    assert results_table._stage1_steps(str(records / "mgcam_siamese_rgbm_s0")) == 20
+
+    (runs / "mgcam_rgbm_s0" / "eval_euclidean_single_query.json").unlink()
+    run_record.write_record(str(runs / "mgcam_rgbm_s0"), str(records))
+    assert not (record / "eval_euclidean_single_query.json").exists()
+    assert not [p for p in records.iterdir() if p.name.startswith(".")]   # no leftovers
