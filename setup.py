@@ -12,6 +12,8 @@ HERE = pathlib.Path(__file__).parent
 #   pip install -e .[gpu]      CUDA machines (tensorflow[and-cuda])
 TENSORFLOW = "2.21.0"
 
+ONNX = ["tf2onnx==1.17.0", "onnx>=1.14", "onnxruntime>=1.17"]
+
 setup(
     name="mgcam-tf",
     version="0.1.0",
@@ -42,8 +44,9 @@ setup(
         # mgcam-export --format=onnx: tf2onnx 1.17.0 (the latest) converts the
         # embedding under TF 2.21 and leaves protobuf and numpy as they are;
         # onnxruntime runs the file (and its test).
-        "onnx": ["tf2onnx==1.17.0", "onnx>=1.14", "onnxruntime>=1.17"],
-        "test": ["pytest>=8,<10", "grpcio>=1.60,<2", "faiss-cpu>=1.9,<2"],
+        "onnx": ONNX,
+        # The ONNX export is tested in CI too: the three leave the rest as it is.
+        "test": ["pytest>=8,<10", "grpcio>=1.60,<2", "faiss-cpu>=1.9,<2", *ONNX],
         # mgcam-extract --backend=beam. apache-beam 2.77 caps protobuf below 7
         # and tensorflow 2.21 needs >= 6.31.1: tested together (tensorflow-cpu
         # 2.21.0, tensorboard 2.21.0, tensorflow-serving-api 2.21.0 --no-deps,

@@ -82,7 +82,8 @@ class FeatureExtractor:
         images: a file path, a uint8 [H, W, 3] array or tensor, a uint8
           [N, H, W, 3] batch, or a list of any of these (sizes may differ).
         masks: the same kinds, one per image (0 background .. 255 body,
-          [H, W] or [H, W, 1]); None: made by the mask model.
+          [H, W] or [H, W, 1]; a batch [N, H, W] or [N, H, W, 1]); None: made
+          by the mask model.
         """
         items = _as_list(images)
         if not items:
@@ -92,7 +93,7 @@ class FeatureExtractor:
             # The export's image-only signature makes the masks in its graph.
             return np.asarray(self._embedder.embed_image_files(
                 [os.fspath(i) for i in items], batch_size=self.batch_size), np.float32)
-        mask_items = _as_list(masks) if masks is not None else [None] * len(items)
+        mask_items = _as_list(masks, masks=True) if masks is not None else [None] * len(items)
         if len(mask_items) != len(items):
             raise ConfigError(f"FeatureExtractor: {len(items)} images but {len(mask_items)} masks")
         out = []
@@ -152,8 +153,9 @@ def _load_model_dir(model_dir: os.PathLike):
     return load_trained_model(model_dir)
 
 
-def _as_list(value) -> list:
-    """One image (path, [H, W, C] array or tensor) or many, as a list of single images."""
+def _as_list(value, masks: bool = False) -> list:
+    """One image (path, [H, W, C] array or tensor) or many, as a list of single images.
+    masks: a 3-D array is a batch of [H, W] masks unless its last axis is 1."""
     if value is None:
         return []
     if isinstance(value, (str, os.PathLike)):
@@ -161,7 +163,7 @@ def _as_list(value) -> list:
     if isinstance(value, (list, tuple)):
         return list(value)
     array = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
-    if array.ndim == 4:
+    if array.ndim == 4 or (masks and array.ndim == 3 and array.shape[-1] != 1):
         return list(array)
     return [array]
 

@@ -1,34 +1,20 @@
 """BlazePose-full's segmentation rebuilt in TF ops (blazepose_graph) and the recipe's
 resizes in TF ops (graph_recipe), against the TFLite interpreter and the numpy ports.
 
-Needs `pose_landmark_full.tflite` (see tests/segmentation/test_masks.py's
+Needs `pose_landmark_full.tflite` (see tests/conftest.py's mask_model
 fixture: `$MGCAM_MASK_MODEL` or the cache, else fetched once with pip);
 skipped with the reason when it cannot be had.
 """
 
 import collections
-import pathlib
 import warnings
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from mgcam_tf.errors import DataError
-from mgcam_tf.segmentation import blazepose_graph, graph_recipe, model_file, opencv_resize
+from mgcam_tf.segmentation import blazepose_graph, graph_recipe, opencv_resize
 from mgcam_tf.segmentation import segmenter
-
-_UNAVAILABLE: list[str] = []
-
-
-@pytest.fixture(scope="session")
-def mask_model() -> pathlib.Path:
-    if not _UNAVAILABLE:
-        try:
-            return model_file.resolve_model_path()
-        except DataError as err:
-            _UNAVAILABLE.append(f"BlazePose-full model not available ({err})")
-    pytest.skip(_UNAVAILABLE[0])
 
 
 @pytest.fixture(scope="module")

@@ -26,22 +26,6 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-_MODEL_UNAVAILABLE: list[str] = []     # why, once: a failed download is not retried per test
-
-
-@pytest.fixture(scope="session")
-def mask_model() -> pathlib.Path:
-    """The verified model file, or a skip that says why there is none."""
-    if not _MODEL_UNAVAILABLE:
-        try:
-            return model_file.resolve_model_path()
-        except DataError as err:
-            _MODEL_UNAVAILABLE.append(
-                f"BlazePose-full model not available ({err}); set "
-                f"{model_file.ENV_MODEL} to pose_landmark_full.tflite or the wheel")
-    pytest.skip(_MODEL_UNAVAILABLE[0])
-
-
 def read_png(path) -> np.ndarray:
     import tensorflow as tf
 

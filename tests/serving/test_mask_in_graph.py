@@ -30,18 +30,6 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 # [N, 128], values of order 1): equal where the masks are equal; where a few
 # boundary pixels differ, the difference stays below this.
 EMBEDDING_ATOL = 2e-2
-_UNAVAILABLE: list[str] = []
-
-
-@pytest.fixture(scope="session")
-def mask_model() -> pathlib.Path:
-    if not _UNAVAILABLE:
-        try:
-            return model_file.resolve_model_path()
-        except DataError as err:
-            _UNAVAILABLE.append(f"BlazePose-full model not available ({err}); set "
-                                f"{model_file.ENV_MODEL}")
-    pytest.skip(_UNAVAILABLE[0])
 
 
 @pytest.fixture(scope="module")
