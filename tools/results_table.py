@@ -54,21 +54,6 @@ COMPARISONS = [("MGCAM vs MSCAN-body (RGB-M)", "mscan_rgbm", "mgcam_rgbm"),
                ("RGB-M vs RGB (MGCAM)", "mgcam_rgb", "mgcam_rgbm"),
                ("soft vs hard attention (MGCAM RGB-M)", "mgcam_hard_rgbm", "mgcam_rgbm"),
                ("Siamese vs not (MGCAM RGB-M)", "mgcam_rgbm", "mgcam_siamese_rgbm")]
-# Letters the built-in 5x7 font of mgcam_tf.evaluation.reports lacks (added for this
-# script's labels only; existing glyphs are left as they are).
-_EXTRA_GLYPHS = {
-    "B": "11110 10001 10001 11110 10001 10001 11110",
-    "F": "11111 10000 10000 11110 10000 10000 10000",
-    "H": "10001 10001 10001 11111 10001 10001 10001",
-    "J": "00111 00010 00010 00010 00010 10010 01100",
-    "V": "10001 10001 10001 10001 10001 01010 00100",
-    "W": "10001 10001 10001 10101 10101 10101 01010",
-    "Z": "11111 00001 00010 00100 01000 10000 11111",
-    "_": "00000 00000 00000 00000 00000 00000 11111",
-}
-for _ch, _rows in _EXTRA_GLYPHS.items():
-    reports._FONT.setdefault(_ch, np.array([[b == "1" for b in r] for r in _rows.split()]))
-
 COLORS = [(40, 90, 215), (215, 40, 40), (40, 170, 60), (150, 150, 150),
           (230, 140, 20), (140, 50, 180)]
 

@@ -35,12 +35,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+# conventions imports no TensorFlow: the client stays light.
+from mgcam_tf.conventions import (SIGNATURE_BYTES, SIGNATURE_DEFAULT,  # noqa: F401
+                                  SIGNATURE_IMAGE_BYTES, SIGNATURE_IMAGE_BYTES_DETAILS)
 from mgcam_tf.errors import ConfigError, DataError
 
-SIGNATURE_DEFAULT = "serving_default"      # = mgcam_tf.serving.export.SIGNATURE_DEFAULT
-SIGNATURE_BYTES = "serving_bytes"          # = mgcam_tf.serving.export.SIGNATURE_BYTES
-SIGNATURE_IMAGE_BYTES = "serving_image_bytes"   # exports with the mask model in the graph
-SIGNATURE_IMAGE_BYTES_DETAILS = "serving_image_bytes_details"
 DEFAULT_MODEL_NAME = "mgcam"
 DEFAULT_REST_URL = "http://localhost:8501"
 DEFAULT_GRPC_TARGET = "localhost:8500"
