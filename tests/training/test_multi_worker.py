@@ -92,3 +92,41 @@ def test_two_workers_match_each_other_and_one_worker_and_resume(tmp_path):
     assert ckpts == ["ckpt-2.index", "ckpt-4.index", "ckpt-6.index"]
     assert list((run_dir / "logs").glob("events.out.tfevents.*"))
     assert not list(run_dir.glob(".worker*"))
+
+
+def test_a_killed_worker_stops_the_others_and_the_rerun_resumes(tmp_path):
+    """kill -9 of the non-chief worker mid-run: the chief stops with an error
+    (TF's coordination service or the collective health check notices the lost
+    peer) instead of hanging, and the two restarted workers resume from the
+    chief's last checkpoint and finish."""
+    import signal
+    import time
+
+    import tensorflow as tf
+
+    total = 12
+    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    config = lambda i: {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
+    run_dir = tmp_path / "multi"
+    procs = [launch(run_dir, total, tmp_path / f"w{i}.npz", config(i)) for i in range(2)]
+    try:
+        deadline = time.time() + TIMEOUT_S
+        while time.time() < deadline and not list((run_dir / "checkpoints").glob("ckpt-*.index")):
+            assert procs[0].poll() is None, procs[0].communicate()[1][-3000:]
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGKILL)
+        procs[1].wait()
+        _, err = procs[0].communicate(timeout=TIMEOUT_S)   # not a hang
+        assert procs[0].returncode != 0, "the chief trained on without its peer"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    state = tf.train.get_checkpoint_state(str(run_dir / "checkpoints"))
+    last = int(state.model_checkpoint_path.rsplit("-", 1)[1])
+    assert 2 <= last < total
+    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    reports = finish([launch(run_dir, total, tmp_path / f"w{i}.npz", config(i)) for i in range(2)])
+    assert [r["step"] for r in reports] == [total, total]
+    assert max_diff(*(weights(tmp_path / f"w{i}.npz") for i in range(2))) < 1e-12
