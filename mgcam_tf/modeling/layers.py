@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-
 import keras
 import tensorflow as tf
 from keras import layers, ops
+
+from mgcam_tf import hardware
 
 # SPEC §2: Xavier-initialised weights, zero biases, everywhere. Caffe's
 # `xavier` filler defaults to variance_norm FAN_IN: uniform in
@@ -45,20 +45,17 @@ def xavier_conv(filters: int, kernel_size: int, dilation_rate: int = 1,
         dtype=dtype)
 
 
-@functools.lru_cache(maxsize=None)
-def onednn_enabled() -> bool:
-    """Whether TensorFlow runs its CPU convolutions through oneDNN.
+def native_dilated_conv(dtype: str) -> bool:
+    """Whether tf.nn.conv2d has a dilated-convolution gradient on this CPU in `dtype`.
 
-    TF turns oneDNN on by itself only on CPUs with AVX512/AMX (or with
-    TF_ENABLE_ONEDNN_OPTS=1 set before it loads); GPUs run the native dilated
-    convolution whatever this says. An unknown answer reads as False, which
-    takes the path that works everywhere.
+    TF's own CPU kernels have none ("Current CPU implementations do not yet
+    support dilation rates larger than 1"); oneDNN's have one for float32, and
+    for bfloat16 where the CPU computes it (AVX512_BF16/AMX; elsewhere oneDNN
+    hands bfloat16 back to TF's kernels). Where this is False the stages use
+    tf.nn.convolution, the same function through space-to-batch.
     """
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        return False
+    return hardware.onednn_enabled() and (
+        dtype == "float32" or (dtype == "bfloat16" and hardware.cpu_computes_bfloat16()))
 
 
 def conv_bn(conv: layers.Conv2D, norm: layers.BatchNormalization, inputs, training=None,
@@ -86,13 +83,11 @@ def conv_bn(conv: layers.Conv2D, norm: layers.BatchNormalization, inputs, traini
     if not norm.built:
         norm.build(conv.compute_output_shape(inputs.shape))
     x = ops.cast(inputs, dtype)
-    if max(conv.dilation_rate) == 1 or onednn_enabled():
+    if max(conv.dilation_rate) == 1 or native_dilated_conv(dtype):
         y = tf.nn.conv2d(x, ops.cast(conv.kernel, dtype), strides=1, padding="SAME",
                          dilations=conv.dilation_rate)
     else:
-        # TF's own CPU kernels have no gradient for a dilated Conv2D ("Current
-        # CPU implementations do not yet support dilation rates larger than 1"):
-        # tf.nn.convolution computes the same function through space-to-batch.
+        # No dilated Conv2D gradient here (native_dilated_conv's docstring).
         y = tf.nn.convolution(x, ops.cast(conv.kernel, dtype), padding="SAME",
                               dilations=conv.dilation_rate)
     y = tf.nn.bias_add(y, ops.cast(conv.bias, dtype))

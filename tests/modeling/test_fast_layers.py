@@ -33,9 +33,9 @@ def keras_reference(layer, x, training):
 def test_fast_stage_matches_keras_layers(training, onednn, monkeypatch):
     """Both convolution paths: oneDNN's dilated Conv2D, and space-to-batch for TF's
     own CPU kernels, which have no dilated Conv2D gradient (an AVX2-only CPU)."""
-    if onednn and not layers_module.onednn_enabled():
+    if onednn and not layers_module.native_dilated_conv("float32"):
         pytest.skip("TensorFlow runs without oneDNN here (TF_ENABLE_ONEDNN_OPTS=0?)")
-    monkeypatch.setattr(layers_module, "onednn_enabled", lambda: onednn)
+    monkeypatch.setattr(layers_module, "native_dilated_conv", lambda dtype: onednn)
     x = tf.constant(np.random.RandomState(0).randn(4, 20, 8, 16).astype("float32"))
     layer = MultiScaleContext()
     layer.build(x.shape)
@@ -62,8 +62,9 @@ def test_fast_stage_matches_keras_layers(training, onednn, monkeypatch):
 
 NO_ONEDNN_STEP = """
 import tensorflow as tf  # before mgcam_tf: TF starts with the variable below
+from mgcam_tf import hardware
 from mgcam_tf.modeling import layers
-assert not layers.onednn_enabled()
+assert not hardware.onednn_enabled()
 layer = layers.MultiScaleContext(filters=4)
 x = tf.random.normal([2, 12, 8, 3])
 @tf.function

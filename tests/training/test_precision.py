@@ -3,6 +3,7 @@
 import pytest
 
 from mgcam_tf.errors import ConfigError
+from mgcam_tf import hardware
 from mgcam_tf.training import precision
 
 
@@ -22,6 +23,6 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512_bf16\n\n"
                        "processor\t: 1\nflags\t\t: fpu\n")
-    assert precision.cpu_flags(str(cpuinfo)) == {"fpu", "sse2", "avx2", "avx512_bf16"}
-    assert precision.cpu_computes_bfloat16(precision.cpu_flags(str(cpuinfo)))
-    assert precision.cpu_flags(str(tmp_path / "absent")) == set()   # no /proc: no flags
+    assert hardware.cpu_flags(str(cpuinfo)) == {"fpu", "sse2", "avx2", "avx512_bf16"}
+    assert hardware.cpu_computes_bfloat16(hardware.cpu_flags(str(cpuinfo)))
+    assert hardware.cpu_flags(str(tmp_path / "absent")) == set()   # no /proc: no flags
