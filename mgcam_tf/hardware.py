@@ -13,7 +13,9 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_flags_cached(cpuinfo: str) -> frozenset[str]:
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The feature flags of the first CPU in `cpuinfo`; empty where it cannot be read
+    (macOS, Windows, a container without /proc)."""
     try:
         with open(cpuinfo, encoding="ascii", errors="replace") as f:
             for line in f:
@@ -25,13 +27,7 @@ def _cpu_flags_cached(cpuinfo: str) -> frozenset[str]:
     return frozenset()
 
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
-    """The feature flags of the first CPU in `cpuinfo`; empty where it cannot be read
-    (macOS, Windows, a container without /proc)."""
-    return set(_cpu_flags_cached(cpuinfo))
-
-
-def cpu_computes_bfloat16(flags: set[str] | None = None) -> bool:
+def cpu_computes_bfloat16(flags: frozenset[str] | set[str] | None = None) -> bool:
     """True when the CPU has AVX512_BF16 or AMX-BF16."""
     flags = cpu_flags() if flags is None else flags
     return any(flag in flags for flag in BF16_CPU_FLAGS)

@@ -5,12 +5,11 @@ import pathlib
 
 import pytest
 
+# Imported before any test module imports TensorFlow: mgcam_tf's __init__ then
+# turns oneDNN on for the whole session, as it does for the commands.
 from mgcam_tf.errors import DataError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# What `import mgcam_tf` sets for the commands (oneDNN's CPU kernels), here before
-# any test module imports TensorFlow itself.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(

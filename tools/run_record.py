@@ -77,11 +77,10 @@ def write_record(run_dir: str, records_dir: str) -> str:
     target = os.path.join(records_dir, name)
     staging = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=records_dir)
     try:
+        # eval_*.json: the evaluations and eval_history.json.
         for path in [os.path.join(run_dir, "config.json"),
-                     os.path.join(run_dir, "eval_history.json"),
                      *sorted(glob.glob(os.path.join(run_dir, "eval_*.json")))]:
-            if os.path.isfile(path) and not os.path.exists(
-                    os.path.join(staging, os.path.basename(path))):
+            if os.path.isfile(path):
                 with open(path, encoding="utf-8") as f:
                     payload = json.load(f)
                 atomic_files.write_text(os.path.join(staging, os.path.basename(path)),

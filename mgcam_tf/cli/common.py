@@ -226,10 +226,6 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
-def _verbose() -> bool:
-    return "verbose" in flags.FLAGS and bool(flags.FLAGS["verbose"].value)
-
-
 def op_error_summary(message: str) -> str:
     """The line of a TensorFlow error that says what went wrong.
 
@@ -278,7 +274,7 @@ def one_line_errors(main: Callable) -> Callable:
                 # from inside the tf.data runtime; the pipeline knows its name.
                 pipeline = sys.modules.get("mgcam_tf.data.pipeline")
                 data_error = pipeline.data_error_from(err) if pipeline else None
-                if data_error is None and _verbose():
+                if data_error is None and flags.FLAGS.verbose:
                     raise  # --verbose: the whole trace, for a bug report
                 fail(str(data_error) if data_error else
                      f"{type(err).__name__}: {op_error_summary(err.message)}")

@@ -29,6 +29,5 @@ def resolve_precision(name: str, cpu_flag_set: set[str] | None = None,
         raise ConfigError(f"mixed_precision must be one of {PRECISIONS + (AUTO,)}, got {name!r}")
     if has_bf16_gpu is None:
         has_bf16_gpu = hardware.gpu_computes_bfloat16()
-    if has_bf16_gpu:
-        return "mixed_bfloat16"
-    return "mixed_bfloat16" if hardware.cpu_computes_bfloat16(cpu_flag_set) else "float32"
+    native = has_bf16_gpu or hardware.cpu_computes_bfloat16(cpu_flag_set)
+    return "mixed_bfloat16" if native else "float32"
