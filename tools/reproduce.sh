@@ -38,9 +38,19 @@ train() {  # row seed [extra flags...]
     --seed="$seed" --model_dir="$RUNS/${row}_s$seed" "${init[@]}" "${@:3}"
 }
 
+recorded() { [ -f "$RECORDS/$1/config.json" ]; }
 if [ "$PHASE" != evaluate ]; then
   for item in $QUEUE; do
-    train "${item%%:*}" "${item##*:}"
+    row=${item%%:*} seed=${item##*:}
+    # A run with a committed record is not trained again (its folder may be on a machine
+    # since replaced), except a stage-1 MGCAM RGB-M run whose Siamese stage 2 still needs
+    # its weights.
+    if recorded "${row}_s$seed" && { [ "$row" != mgcam_rgbm ] ||
+        recorded "mgcam_siamese_rgbm_s$seed"; }; then
+      echo "=== ${row}_s$seed: recorded in $RECORDS, not trained again"
+      continue
+    fi
+    train "$row" "$seed"
   done
   # bfloat16 against float32: one row at full length in float32 (docs/RESULTS.md).
   echo "=== train mgcam_rgbm_s0_float32 $(date +%T)"
