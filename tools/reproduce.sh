@@ -30,32 +30,37 @@ QUEUE="mgcam_rgbm:0 mgcam_siamese_rgbm:0 mscan_rgbm:0
        mgcam_rgbm:2 mgcam_siamese_rgbm:2 mscan_rgbm:2
        mgcam_rgb:0 mgcam_hard_rgbm:0 mscan_rgb:0"
 
-train() {  # row seed [extra flags...]
-  local row=$1 seed=$2 init=()
-  [ "$row" = mgcam_siamese_rgbm ] && init=(--init_from="$RUNS/mgcam_rgbm_s$seed")
-  echo "=== train ${row}_s$seed ${*:3} $(date +%T)"
+train() {  # row seed suffix [extra flags...]: $RUNS/<row>_s<seed><suffix>
+  local row=$1 seed=$2 suffix=$3 init=()
+  [ "$row" = mgcam_siamese_rgbm ] && init=(--init_from="$RUNS/mgcam_rgbm_s$seed$suffix")
+  echo "=== train ${row}_s$seed$suffix ${*:4} $(date +%T)"
   "$PY" tools/train.py --flagfile="flags/cuhk03_pair1_$row.flags" --progress=false \
-    --seed="$seed" --model_dir="$RUNS/${row}_s$seed" "${init[@]}" "${@:3}"
+    --seed="$seed" --model_dir="$RUNS/${row}_s$seed$suffix" "${init[@]}" "${@:4}"
 }
 
 recorded() { [ -f "$RECORDS/$1/config.json" ]; }
+# Each (row seed suffix [flags]) of the queue, in order; suffix _float32 is the
+# precision check: MGCAM RGB-M seed 0 and its Siamese stage 2 at full length in float32,
+# against the same seed in the precision `auto` picks (docs/RESULTS.md).
+queue() {
+  for item in $QUEUE; do echo "${item%%:*} ${item##*:} ''"; done
+  echo "mgcam_rgbm 0 _float32 --mixed_precision=float32"
+  echo "mgcam_siamese_rgbm 0 _float32 --mixed_precision=float32"
+}
 if [ "$PHASE" != evaluate ]; then
-  for item in $QUEUE; do
-    row=${item%%:*} seed=${item##*:}
+  while read -r row seed suffix extra; do
+    [ "$suffix" = "''" ] && suffix=
     # A run with a committed record is not trained again (its folder may be on a machine
     # since replaced), except a stage-1 MGCAM RGB-M run whose Siamese stage 2 still needs
     # its weights.
-    if recorded "${row}_s$seed" && { [ "$row" != mgcam_rgbm ] ||
-        recorded "mgcam_siamese_rgbm_s$seed"; }; then
-      echo "=== ${row}_s$seed: recorded in $RECORDS, not trained again"
+    if recorded "${row}_s$seed$suffix" && { [ "$row" != mgcam_rgbm ] ||
+        recorded "mgcam_siamese_rgbm_s$seed$suffix"; }; then
+      echo "=== ${row}_s$seed$suffix: recorded in $RECORDS, not trained again"
       continue
     fi
-    train "$row" "$seed"
-  done
-  # bfloat16 against float32: one row at full length in float32 (docs/RESULTS.md).
-  echo "=== train mgcam_rgbm_s0_float32 $(date +%T)"
-  "$PY" tools/train.py --flagfile=flags/cuhk03_pair1_mgcam_rgbm.flags --progress=false \
-    --seed=0 --model_dir="$RUNS/mgcam_rgbm_s0_float32" --mixed_precision=float32
+    # shellcheck disable=SC2086  # extra holds whole flags, split on purpose
+    train "$row" "$seed" "$suffix" $extra </dev/null
+  done < <(queue)
 fi
 [ "$PHASE" = train ] && { echo "=== trained $(date +%T)"; exit 0; }
 
