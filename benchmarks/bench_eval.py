@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,51 +37,17 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import reference  # noqa: E402 (tests/reference.py: the slow reference implementations)
+from market_like import market_like  # noqa: E402
 from mgcam_tf.evaluation import metrics, rerank  # noqa: E402
-
-NUM_QUERY, NUM_GALLERY, NUM_JUNK, NUM_DISTRACTOR = 3368, 19732, 3819, 2793
-NUM_IDS, NUM_CAMS, DIM = 750, 6, 128
-
-
-def market_like(scale: float = 1.0, seed: int = 0):
-    """Features and labels shaped like Market-1501's test set (scaled counts)."""
-    rng = np.random.default_rng(seed)
-    nq, ng = int(round(NUM_QUERY * scale)), int(round(NUM_GALLERY * scale))
-    nj, nd = int(round(NUM_JUNK * scale)), int(round(NUM_DISTRACTOR * scale))
-    ids = max(2, int(round(NUM_IDS * scale)))
-    qp = rng.integers(1, ids + 1, nq)
-    qc = rng.integers(1, NUM_CAMS + 1, nq)
-    gp = np.concatenate([np.full(nj, -1), np.zeros(nd, np.int64),
-                         rng.integers(1, ids + 1, ng - nj - nd)])
-    gc = rng.integers(1, NUM_CAMS + 1, ng)
-    centres = rng.standard_normal((ids + 1, DIM))
-    qf = 0.35 * centres[qp] + rng.standard_normal((nq, DIM))
-    gf = 0.35 * centres[np.maximum(gp, 0)] * (gp > 0)[:, None] + rng.standard_normal((ng, DIM))
-    return (qf.astype(np.float32), qp, qc, gf.astype(np.float32), gp, gc)
+from peak_memory import peak_gb  # noqa: E402
 
 
 def euclidean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
     return np.sqrt(np.maximum(d, 0.0)).astype(np.float32)
-
-
-def peak_gb() -> float:
-    """Peak resident memory of this process in GB (1e9 bytes).
-
-    VmHWM of /proc/self/status: unlike ru_maxrss, it is not inherited from
-    the parent process through fork + exec.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / 1e9
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 def child(args) -> None:

@@ -50,37 +50,17 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-DIM = 128
-NUM_QUERY, NUM_GALLERY, NUM_JUNK, NUM_DISTRACTOR, NUM_IDS, NUM_CAMS = 3368, 19732, 3819, 2793, 750, 6
-
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from market_like import DIM, NUM_CAMS  # noqa: E402
+from market_like import market_like as _market_like  # noqa: E402
+from peak_memory import peak_gb  # noqa: E402
 
 CENTRE_SCALE = 0.8     # identity centres N(0, 0.8^2 I) + unit noise: findable, not trivial
 
 
-def market_like(scale: float = 1.0, seed: int = 0, centre_scale: float = CENTRE_SCALE):
-    """Features and labels shaped like Market-1501's test set (ids, junk, distractors).
-
-    Each identity is a Gaussian cluster (centre_scale x a standard normal
-    centre, plus unit noise); junk (-1) and distractors (0) are images of
-    other people (their own random centres), so true matches are findable
-    but not trivially.
-    """
-    rng = np.random.default_rng(seed)
-    nq, ng = int(round(NUM_QUERY * scale)), int(round(NUM_GALLERY * scale))
-    nj, nd = int(round(NUM_JUNK * scale)), int(round(NUM_DISTRACTOR * scale))
-    ids = max(2, int(round(NUM_IDS * scale)))
-    qp = rng.integers(1, ids + 1, nq)
-    qc = rng.integers(1, NUM_CAMS + 1, nq)
-    gp = np.concatenate([np.full(nj, -1), np.zeros(nd, np.int64),
-                         rng.integers(1, ids + 1, ng - nj - nd)])
-    gc = rng.integers(1, NUM_CAMS + 1, ng)
-    centres = centre_scale * rng.standard_normal((ids + 1, DIM))
-    others = centre_scale * rng.standard_normal((nj + nd, DIM))   # junk / distractor people
-    qf = centres[qp] + rng.standard_normal((nq, DIM))
-    gcent = centres[np.maximum(gp, 0)]
-    gcent[:nj + nd] = others
-    gf = gcent + rng.standard_normal((ng, DIM))
-    return (qf.astype(np.float32), qp, qc, gf.astype(np.float32), gp, gc)
+def market_like(scale: float = 1.0, seed: int = 0):
+    """market_like's test set with junk and distractors of other people (not noise)."""
+    return _market_like(scale, seed, centre_scale=CENTRE_SCALE, other_people=True)
 
 
 def distractors(n: int, seed: int, per_person: int = 5, centre_scale: float = CENTRE_SCALE):
@@ -93,15 +73,6 @@ def distractors(n: int, seed: int, per_person: int = 5, centre_scale: float = CE
         feats[s:e] = people[rng.integers(0, len(people), e - s)] + \
             rng.standard_normal((e - s, DIM), dtype=np.float32)
     return feats, np.where(rng.random(n) < 0.1, -1, 0), rng.integers(1, NUM_CAMS + 1, n)
-
-
-def peak_gb() -> float:
-    """Peak resident memory of this process in GB (VmHWM: not inherited through fork + exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e9
-    return float("nan")
 
 
 def clustered(n: int, nq: int, clusters: int, seed: int = 0):
