@@ -58,21 +58,29 @@ COLORS = [(40, 90, 215), (215, 40, 40), (40, 170, 60), (150, 150, 150),
           (230, 140, 20), (140, 50, 180)]
 
 
-def seed_dirs(runs_dir: str, row: str) -> dict[int, str]:
-    """{seed: folder} of the row's runs (`<row>_s<seed>`)."""
+# The precision check (tools/reproduce.sh): these rows' seed 0 once more in float32, in
+# folders `<row>_s0<CHECK_SUFFIX>`, against the same seed in the table's precision.
+CHECK_ROWS = ("mgcam_rgbm", "mgcam_siamese_rgbm")
+CHECK_SUFFIX = "_float32"
+
+
+def seed_dirs(runs_dir: str, row: str, suffix: str = "") -> dict[int, str]:
+    """{seed: folder} of the row's runs (`<row>_s<seed><suffix>`)."""
     found = {}
     for path in glob.glob(os.path.join(runs_dir, f"{row}_s*")):
-        m = re.fullmatch(re.escape(row) + r"_s(\d+)", os.path.basename(path))
+        m = re.fullmatch(re.escape(row) + r"_s(\d+)" + re.escape(suffix),
+                         os.path.basename(path))
         if m and os.path.isdir(path):
             found[int(m.group(1))] = path
     return dict(sorted(found.items()))
 
 
-def read_results(runs_dir: str, rows=ROWS, metrics=METRICS, protocols=PROTOCOLS) -> dict:
+def read_results(runs_dir: str, rows=ROWS, metrics=METRICS, protocols=PROTOCOLS,
+                 suffix: str = "") -> dict:
     """{(row, metric, protocol): {seed: eval JSON}} of the JSONs that exist."""
     results = {}
     for row, _ in rows:
-        for seed, folder in seed_dirs(runs_dir, row).items():
+        for seed, folder in seed_dirs(runs_dir, row, suffix).items():
             for metric, _ in metrics:
                 for protocol, _ in protocols:
                     path = os.path.join(folder, f"eval_{metric}_{protocol}.json")
@@ -141,6 +149,46 @@ def intervals_markdown(results: dict, metric: str = "euclidean", protocols=PROTO
     return "\n".join(lines) + "\n"
 
 
+def precision_markdown(runs_dir: str, results: dict, metric: str = "euclidean",
+                       protocols=PROTOCOLS, rows=CHECK_ROWS) -> str:
+    """The float32 check: per row and protocol, seed 0 in the table's precision minus
+    seed 0 in float32 (paired bootstrap 95 % interval over the queries), beside the
+    standard deviation over the table's seeds of that row, the seed noise it is read
+    against. Empty when no float32 run is there."""
+    check = read_results(runs_dir, [(row, row) for row in rows], [(metric, metric)],
+                         protocols, CHECK_SUFFIX)
+    if not check:
+        return ""
+    lines = [f"| row, seed 0 ({metric}) | protocol | precisions | rank-1 b - a [95 % CI] | "
+             "mAP b - a [95 % CI] | rank-1 / mAP sd over seeds (n) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        for protocol, _ in protocols:
+            a = check.get((row, metric, protocol), {}).get(0)
+            seeds = results.get((row, metric, protocol), {})
+            b = seeds.get(0)
+            if a is None or b is None or "per_query" not in a or "per_query" not in b:
+                lines.append(f"| {row} | {protocol} | - | not run yet | not run yet | - |")
+                continue
+            precisions = "{} → {}".format(
+                _settings(seed_dirs(runs_dir, row, CHECK_SUFFIX)[0]).get("mixed_precision", "?"),
+                _settings(seed_dirs(runs_dir, row)[0]).get("mixed_precision", "?"))
+            cells = []
+            # (AP, rank-1 hit) per query of each run, in that order
+            for score_a, score_b in zip(_per_query({0: a}, [0]), _per_query({0: b}, [0])):
+                d = bootstrap.paired_bootstrap(score_a, score_b)
+                cells.append(f"{100 * d.difference:+.2f} [{100 * d.low:+.2f}, "
+                             f"{100 * d.high:+.2f}]")
+            spread = "-"
+            if len(seeds) > 1:
+                r1 = 100 * np.array([r["rank1"] for r in seeds.values()])
+                ap = 100 * np.array([r["mAP"] for r in seeds.values()])
+                spread = f"{r1.std(ddof=1):.2f} / {ap.std(ddof=1):.2f} ({len(seeds)})"
+            lines.append(f"| {row} | {protocol} | {precisions} | {cells[1]} | {cells[0]} | "
+                         f"{spread} |")
+    return "\n".join(lines) + "\n"
+
+
 def _settings(folder: str) -> dict:
     with open(os.path.join(folder, "config.json")) as f:
         return json.load(f).get("settings", {})
@@ -150,13 +198,17 @@ def training_times(runs_dir: str, rows=ROWS) -> str:
     """Wall time of each run, from the first to the last scalar of its TensorBoard log,
     and the precision it trained in (`--mixed_precision=auto` picks by CPU)."""
     lines = ["| run | steps | precision | wall time (min) |", "| --- | --- | --- | --- |"]
-    for row, _ in rows:
-        for seed, folder in seed_dirs(runs_dir, row).items():
-            times = read_wall_times(folder)
-            if times:
-                (_, t0), (s1, t1) = times[0], times[-1]
-                precision = _settings(folder).get("mixed_precision", "?")
-                lines.append(f"| {row}_s{seed} | {s1} | {precision} | {(t1 - t0) / 60:.1f} |")
+    runs = [(f"{row}_s{seed}", folder) for row, _ in rows
+            for seed, folder in seed_dirs(runs_dir, row).items()]
+    runs += [(f"{row}_s{seed}{CHECK_SUFFIX}", folder) for row in CHECK_ROWS
+             if row in dict(rows) for seed, folder in
+             seed_dirs(runs_dir, row, CHECK_SUFFIX).items()]
+    for name, folder in runs:
+        times = read_wall_times(folder)
+        if times:
+            (_, t0), (s1, t1) = times[0], times[-1]
+            precision = _settings(folder).get("mixed_precision", "?")
+            lines.append(f"| {name} | {s1} | {precision} | {(t1 - t0) / 60:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -358,7 +410,10 @@ def main(argv=None) -> int:
     if args.rows:
         rows = [(name, name) for name in args.rows.split(",") if name]
     results = read_results(args.runs_dir, rows)
+    check = precision_markdown(args.runs_dir, results) if not args.rows else ""
     text = (table_markdown(results, rows) + "\n" + intervals_markdown(results)
+            + (f"\nbfloat16 against float32 (the table's precision b, float32 a):\n\n{check}"
+               if check else "")
             + "\n" + (training_times(args.runs_dir, rows) if args.figures else ""))
     print(text, end="")
     os.makedirs(args.out_dir, exist_ok=True)
