@@ -22,13 +22,14 @@ RUNS=${RUNS:-runs/cuhk03_pair1}
 # weights), committed, so that the table keeps the runs of machines since replaced.
 RECORDS=${RECORDS:-docs/results/cuhk03_pair1}
 PHASE=${PHASE:-all}
-# (row seed) in the order they train: each seed of the three rows the main comparisons
-# rest on, the Siamese stage 2 right after the stage-1 run it starts from (so that a
-# session that ends mid-queue leaves whole seeds), then the one-seed ablation rows.
+# (row seed) in the order they train: two seeds of the three rows the main comparisons
+# rest on (two give a spread), the Siamese stage 2 right after the stage-1 run it starts
+# from (so that a session that ends mid-queue leaves whole seeds), then the one-seed
+# ablation rows (so that every row has a number before any row has a third), then seed 2.
 QUEUE="mgcam_rgbm:0 mgcam_siamese_rgbm:0 mscan_rgbm:0
        mgcam_rgbm:1 mgcam_siamese_rgbm:1 mscan_rgbm:1
-       mgcam_rgbm:2 mgcam_siamese_rgbm:2 mscan_rgbm:2
-       mgcam_rgb:0 mgcam_hard_rgbm:0 mscan_rgb:0"
+       mgcam_rgb:0 mgcam_hard_rgbm:0 mscan_rgb:0
+       mgcam_rgbm:2 mgcam_siamese_rgbm:2 mscan_rgbm:2"
 
 train() {  # row seed suffix [extra flags...]: $RUNS/<row>_s<seed><suffix>
   local row=$1 seed=$2 suffix=$3 init=()
