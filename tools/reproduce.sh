@@ -40,21 +40,25 @@ train() {  # row seed suffix [extra flags...]: $RUNS/<row>_s<seed><suffix>
 }
 
 recorded() { [ -f "$RECORDS/$1/config.json" ]; }
-# Each (row seed suffix [flags]) of the queue, in order; suffix _float32 is the
-# precision check: MGCAM RGB-M seed 0 and its Siamese stage 2 at full length in float32,
-# against the same seed in the precision `auto` picks (docs/RESULTS.md).
+# Each (row seed suffix [flags]) of the queue, in order. The check runs (docs/RESULTS.md,
+# tools/results_table.py CHECKS) follow: suffix _float32, MGCAM RGB-M seed 0 and its
+# Siamese stage 2 at full length in float32, against the same seed in the precision
+# `auto` picks; suffix _repeat, MGCAM RGB-M seed 0 once more in that precision (CPU
+# training is not bitwise reproducible: the same seed's second run is the yardstick).
 queue() {
   for item in $QUEUE; do echo "${item%%:*} ${item##*:} ''"; done
   echo "mgcam_rgbm 0 _float32 --mixed_precision=float32"
   echo "mgcam_siamese_rgbm 0 _float32 --mixed_precision=float32"
+  echo "mgcam_rgbm 0 _repeat"
 }
+has_stage2() { [ "$1" = mgcam_rgbm ] && [ "$2" != _repeat ]; }  # row suffix
 if [ "$PHASE" != evaluate ]; then
   while read -r row seed suffix extra; do
     [ "$suffix" = "''" ] && suffix=
     # A run with a committed record is not trained again (its folder may be on a machine
     # since replaced), except a stage-1 MGCAM RGB-M run whose Siamese stage 2 still needs
     # its weights.
-    if recorded "${row}_s$seed$suffix" && { [ "$row" != mgcam_rgbm ] ||
+    if recorded "${row}_s$seed$suffix" && { ! has_stage2 "$row" "$suffix" ||
         recorded "mgcam_siamese_rgbm_s$seed$suffix"; }; then
       echo "=== ${row}_s$seed$suffix: recorded in $RECORDS, not trained again"
       continue

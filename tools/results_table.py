@@ -58,10 +58,12 @@ COLORS = [(40, 90, 215), (215, 40, 40), (40, 170, 60), (150, 150, 150),
           (230, 140, 20), (140, 50, 180)]
 
 
-# The precision check (tools/reproduce.sh): these rows' seed 0 once more in float32, in
-# folders `<row>_s0<CHECK_SUFFIX>`, against the same seed in the table's precision.
-CHECK_ROWS = ("mgcam_rgbm", "mgcam_siamese_rgbm")
-CHECK_SUFFIX = "_float32"
+# The check runs (tools/reproduce.sh): seed 0 of a row trained once more, in folders
+# `<row>_s0<suffix>`, against seed 0 of the table. In float32, the precision check; in the
+# table's precision again, the same seed's run-to-run difference (training on CPU is not
+# bitwise deterministic), the noise the precision check is read against beside the seeds'.
+CHECKS = (("_float32", "float32", ("mgcam_rgbm", "mgcam_siamese_rgbm")),
+          ("_repeat", "trained again", ("mgcam_rgbm",)))
 
 
 def seed_dirs(runs_dir: str, row: str, suffix: str = "") -> dict[int, str]:
@@ -149,44 +151,47 @@ def intervals_markdown(results: dict, metric: str = "euclidean", protocols=PROTO
     return "\n".join(lines) + "\n"
 
 
-def precision_markdown(runs_dir: str, results: dict, metric: str = "euclidean",
-                       protocols=PROTOCOLS, rows=CHECK_ROWS) -> str:
-    """The float32 check: per row and protocol, seed 0 in the table's precision minus
-    seed 0 in float32 (paired bootstrap 95 % interval over the queries), beside the
-    standard deviation over the table's seeds of that row, the seed noise it is read
-    against. Empty when no float32 run is there."""
-    check = read_results(runs_dir, [(row, row) for row in rows], [(metric, metric)],
-                         protocols, CHECK_SUFFIX)
-    if not check:
+def checks_markdown(runs_dir: str, results: dict, metric: str = "euclidean",
+                    protocols=PROTOCOLS, checks=CHECKS) -> str:
+    """Per check, row and protocol: seed 0 of the table (b) minus the check run (a),
+    paired bootstrap 95 % interval over the queries, beside the standard deviation over
+    the table's seeds of that row, the seed noise it is read against. Empty when no
+    check run is there."""
+    lines = []
+    for suffix, label, rows in checks:
+        check = read_results(runs_dir, [(row, row) for row in rows], [(metric, metric)],
+                             protocols, suffix)
+        for row in rows:
+            for protocol, _ in protocols:
+                a = check.get((row, metric, protocol), {}).get(0)
+                seeds = results.get((row, metric, protocol), {})
+                b = seeds.get(0)
+                if a is None or b is None or "per_query" not in a or "per_query" not in b:
+                    lines.append(f"| {row} | {label} | {protocol} | - | not run yet | "
+                                 "not run yet | - |")
+                    continue
+                precisions = "{} → {}".format(
+                    _settings(seed_dirs(runs_dir, row, suffix)[0]).get("mixed_precision", "?"),
+                    _settings(seed_dirs(runs_dir, row)[0]).get("mixed_precision", "?"))
+                cells = []
+                # (AP, rank-1 hit) per query of each run, in that order
+                for score_a, score_b in zip(_per_query({0: a}, [0]), _per_query({0: b}, [0])):
+                    d = bootstrap.paired_bootstrap(score_a, score_b)
+                    cells.append(f"{100 * d.difference:+.2f} [{100 * d.low:+.2f}, "
+                                 f"{100 * d.high:+.2f}]")
+                spread = "-"
+                if len(seeds) > 1:
+                    r1 = 100 * np.array([r["rank1"] for r in seeds.values()])
+                    ap = 100 * np.array([r["mAP"] for r in seeds.values()])
+                    spread = f"{r1.std(ddof=1):.2f} / {ap.std(ddof=1):.2f} ({len(seeds)})"
+                lines.append(f"| {row} | {label} | {protocol} | {precisions} | {cells[1]} | "
+                             f"{cells[0]} | {spread} |")
+    if all("not run yet" in line for line in lines):
         return ""
-    lines = [f"| row, seed 0 ({metric}) | protocol | precisions | rank-1 b - a [95 % CI] | "
-             "mAP b - a [95 % CI] | rank-1 / mAP sd over seeds (n) |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for row in rows:
-        for protocol, _ in protocols:
-            a = check.get((row, metric, protocol), {}).get(0)
-            seeds = results.get((row, metric, protocol), {})
-            b = seeds.get(0)
-            if a is None or b is None or "per_query" not in a or "per_query" not in b:
-                lines.append(f"| {row} | {protocol} | - | not run yet | not run yet | - |")
-                continue
-            precisions = "{} → {}".format(
-                _settings(seed_dirs(runs_dir, row, CHECK_SUFFIX)[0]).get("mixed_precision", "?"),
-                _settings(seed_dirs(runs_dir, row)[0]).get("mixed_precision", "?"))
-            cells = []
-            # (AP, rank-1 hit) per query of each run, in that order
-            for score_a, score_b in zip(_per_query({0: a}, [0]), _per_query({0: b}, [0])):
-                d = bootstrap.paired_bootstrap(score_a, score_b)
-                cells.append(f"{100 * d.difference:+.2f} [{100 * d.low:+.2f}, "
-                             f"{100 * d.high:+.2f}]")
-            spread = "-"
-            if len(seeds) > 1:
-                r1 = 100 * np.array([r["rank1"] for r in seeds.values()])
-                ap = 100 * np.array([r["mAP"] for r in seeds.values()])
-                spread = f"{r1.std(ddof=1):.2f} / {ap.std(ddof=1):.2f} ({len(seeds)})"
-            lines.append(f"| {row} | {protocol} | {precisions} | {cells[1]} | {cells[0]} | "
-                         f"{spread} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([f"| row, seed 0 ({metric}) | seed 0 again | protocol | precisions a → b | "
+                      "rank-1 b - a [95 % CI] | mAP b - a [95 % CI] | "
+                      "rank-1 / mAP sd over seeds (n) |",
+                      "| --- | --- | --- | --- | --- | --- | --- |"] + lines) + "\n"
 
 
 def _settings(folder: str) -> dict:
@@ -200,9 +205,9 @@ def training_times(runs_dir: str, rows=ROWS) -> str:
     lines = ["| run | steps | precision | wall time (min) |", "| --- | --- | --- | --- |"]
     runs = [(f"{row}_s{seed}", folder) for row, _ in rows
             for seed, folder in seed_dirs(runs_dir, row).items()]
-    runs += [(f"{row}_s{seed}{CHECK_SUFFIX}", folder) for row in CHECK_ROWS
-             if row in dict(rows) for seed, folder in
-             seed_dirs(runs_dir, row, CHECK_SUFFIX).items()]
+    runs += [(f"{row}_s{seed}{suffix}", folder) for suffix, _, check_rows in CHECKS
+             for row in check_rows if row in dict(rows)
+             for seed, folder in seed_dirs(runs_dir, row, suffix).items()]
     for name, folder in runs:
         times = read_wall_times(folder)
         if times:
@@ -410,9 +415,9 @@ def main(argv=None) -> int:
     if args.rows:
         rows = [(name, name) for name in args.rows.split(",") if name]
     results = read_results(args.runs_dir, rows)
-    check = precision_markdown(args.runs_dir, results) if not args.rows else ""
+    check = checks_markdown(args.runs_dir, results) if not args.rows else ""
     text = (table_markdown(results, rows) + "\n" + intervals_markdown(results)
-            + (f"\nbfloat16 against float32 (the table's precision b, float32 a):\n\n{check}"
+            + (f"\nSeed 0 trained again (b: the table's run, a: the check run):\n\n{check}"
                if check else "")
             + "\n" + (training_times(args.runs_dir, rows) if args.figures else ""))
     print(text, end="")

@@ -165,13 +165,14 @@ def test_record_of_a_run_makes_the_same_table(tmp_path):
     assert not [p for p in records.iterdir() if p.name.startswith(".")]   # no leftovers
 
 
-def test_precision_check_reads_the_float32_runs(tmp_path):
-    """The float32 runs (`<row>_s0_float32`) are kept out of the table's rows and compared
-    with seed 0 of the table, beside the spread over the table's seeds."""
+def test_check_runs_read_the_float32_and_repeat_runs(tmp_path):
+    """The check runs (`<row>_s0_float32`, `<row>_s0_repeat`) are kept out of the table's
+    rows and compared with seed 0 of the table, beside the spread over the table's seeds."""
     runs = tmp_path / "runs"
     cases = (("mgcam_rgbm_s0", "mixed_bfloat16", 0.5, [0, 0, 1, 0]),
              ("mgcam_rgbm_s1", "mixed_bfloat16", 0.3, [0, 1, 1, 0]),
-             ("mgcam_rgbm_s0_float32", "float32", 0.25, [1, 0, 1, 0]))
+             ("mgcam_rgbm_s0_float32", "float32", 0.25, [1, 0, 1, 0]),
+             ("mgcam_rgbm_s0_repeat", "mixed_bfloat16", 0.75, [0, 0, 0, 1]))
     for name, precision, r1, first in cases:
         folder = runs / name
         folder.mkdir(parents=True)
@@ -185,9 +186,14 @@ def test_precision_check_reads_the_float32_runs(tmp_path):
     text = (out / "results_table.md").read_text()
     # The table's MGCAM RGB-M row holds the two bfloat16 seeds only.
     assert "| MGCAM, RGB-M | 40.00 ± 14.14 / 40.00 ± 14.14 (2) |" in text
-    line = next(x for x in text.splitlines() if x.startswith("| mgcam_rgbm | single_query"))
+    lines = [x for x in text.splitlines() if x.startswith("| mgcam_rgbm | ")]
+    by_check = {x.split(" | ")[1]: x for x in lines if "| single_query |" in x}
     # Query 0 is a hit in bfloat16 only, query 1 in neither: +25 rank-1 points, mAP equal;
     # the seed spread is that of the JSONs' rank-1 and mAP over seeds 0 and 1.
+    line = by_check["float32"]
     assert ("| float32 → mixed_bfloat16 | +25.00 [" in line
             and "| +0.00 [+0.00, +0.00] | 14.14 / 14.14 (2) |" in line), line
-    assert "| mgcam_siamese_rgbm | all_queries | - | not run yet |" in text
+    # The repeat hits queries 0, 1 and 2, seed 0 queries 0, 1 and 3: rank-1 equal.
+    line = by_check["trained again"]
+    assert "| mixed_bfloat16 → mixed_bfloat16 | +0.00 [" in line, line
+    assert "| mgcam_siamese_rgbm | float32 | all_queries | - | not run yet |" in text
