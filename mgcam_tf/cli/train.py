@@ -46,7 +46,9 @@ flags.DEFINE_float("dropout", 0.2, "Dropout after h.")
 flags.DEFINE_bool("in_place_dropout", False, "Official prototxt: the region and Siamese "
                   "losses read h after its (in-place) dropout; the paper's h is before it.")
 flags.DEFINE_bool("sync_bn", False, "Synchronise BatchNorm statistics across replicas.")
-flags.DEFINE_enum("mixed_precision", "float32", list(conventions.PRECISIONS) + ["auto"],
+# auto is the default since a full-length run in each precision differed by less than
+# the same seed trained twice (docs/RESULTS.md, "bfloat16 against float32").
+flags.DEFINE_enum("mixed_precision", "auto", list(conventions.PRECISIONS) + ["auto"],
                   "Keras dtype policy: float32, or float16/bfloat16 computation with float32 "
                   "variables (attention and losses stay float32; float16 gets loss "
                   "scaling). mixed_bfloat16 is about twice as fast on CPUs with AVX512_BF16 "

@@ -1,10 +1,13 @@
 """mgcam-train end to end: a few real steps on the built-in data, flagfiles, bad input."""
 
+import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+
+from mgcam_tf.training import precision
 
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -45,7 +48,9 @@ def test_trains_a_few_steps_on_the_builtin_data_and_reports_rank1_and_map(tmp_pa
     assert "trained 4 steps" in proc.stdout
     assert "Rank-1" in proc.stdout and "mAP" in proc.stdout
     assert (model_dir / "checkpoints" / "checkpoint").is_file()
-    assert (model_dir / "config.json").is_file()
+    # No --mixed_precision: `auto`, what the hardware computes natively, is recorded.
+    settings = json.loads((model_dir / "config.json").read_text())["settings"]
+    assert settings["mixed_precision"] == precision.resolve_precision("auto")
     # The same command again resumes, finds the run finished, and only evaluates.
     again = mgcam_train(f"--model_dir={model_dir}", "--synthetic_ids=12", "--batch_size=8",
                         "--total_steps=4", "--checkpoint_every=2", "--evaluate=false")
