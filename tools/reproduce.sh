@@ -7,7 +7,6 @@
 #   PYTHON=.venv/bin/python RUNS=/work/runs/cuhk03_pair1 tools/reproduce.sh
 #   PHASE=train tools/reproduce.sh          # trainings only (the long part)
 #   PHASE=evaluate tools/reproduce.sh       # evaluate the finished runs, table, preset
-#   TRIES=1 tools/reproduce.sh              # also the runs of "What we tried"
 #
 # Rerunning skips finished work: a training resumes from its last checkpoint (or
 # returns at once when it reached --total_steps); an evaluation whose JSON exists is
