@@ -3,9 +3,9 @@
   python tools/compare_runs.py RUN_A RUN_B
 
 For two mgcam-train model directories, prints the first logged step at which their
-total training loss differs (and both values), and how many of the network's
-variables differ between their last checkpoints, with the largest absolute
-difference. Training on CPU with oneDNN is not bitwise reproducible for one seed
+total training loss differs (and both values), each run's wall time per step, and
+how many of the network's variables differ between their last checkpoints, with
+the largest absolute difference. Training on CPU with oneDNN is not bitwise reproducible for one seed
 (docs/RESULTS.md, "The same seed trained twice"); this is how that was measured.
 Exit status 0 either way; 2 when a folder has no checkpoint.
 """
@@ -25,14 +25,26 @@ LOSS = "loss/total"
 NETWORK = ("model/", "optimizer/_trainable_variables/")
 
 
+def _loss_points(run: str) -> list[list[float]]:
+    """[[step, total loss, wall time]] of a run's TensorBoard log."""
+    log_dir = os.path.join(run, "logs")
+    return (run_record.event_scalars(log_dir) if os.path.isdir(log_dir) else {}).get(LOSS, [])
+
+
+def seconds_per_step(run: str) -> float | None:
+    """Wall time per step between the second and the last logged loss (the first
+    logged step includes tracing the train step); None with fewer than three."""
+    points = _loss_points(run)
+    if len(points) < 3:
+        return None
+    (s0, _, t0), (s1, _, t1) = points[1], points[-1]
+    return (t1 - t0) / (s1 - s0)
+
+
 def first_loss_difference(run_a: str, run_b: str) -> tuple[int, float, float] | None:
     """(step, loss a, loss b) at the first step both logged with different total loss;
     None when every common step agrees."""
-    losses = []
-    for run in (run_a, run_b):
-        log_dir = os.path.join(run, "logs")
-        scalars = run_record.event_scalars(log_dir) if os.path.isdir(log_dir) else {}
-        losses.append({int(p[0]): p[1] for p in scalars.get(LOSS, [])})
+    losses = [{int(p[0]): p[1] for p in _loss_points(run)} for run in (run_a, run_b)]
     for step in sorted(set(losses[0]) & set(losses[1])):
         if losses[0][step] != losses[1][step]:
             return step, losses[0][step], losses[1][step]
@@ -79,6 +91,10 @@ def main(argv=None) -> int:
         print(f"{LOSS}: equal at every step both logged")
     else:
         print(f"{LOSS}: first differs at step {first[0]}: {first[1]!r} against {first[2]!r}")
+    for run in (args.run_a, args.run_b):
+        pace = seconds_per_step(run)
+        if pace is not None:
+            print(f"{run}: {pace:.3g} s per step")
     differ = [v for v in diffs.values() if v > 0]
     print(f"weights: {len(differ)} of {len(diffs)} variables differ; largest absolute "
           f"difference {max(diffs.values(), default=0.0):.3g}")

@@ -40,6 +40,8 @@ def test_same_runs_agree_and_a_nudged_run_is_found(tmp_path, capsys):
     assert len(same) == 6 and not any(same.values())
     nudged = compare_runs.weight_differences(str(tmp_path / "a"), str(tmp_path / "c"))
     assert sorted(nudged.values())[-1] == 0.125 and sum(v > 0 for v in nudged.values()) == 1
+    assert compare_runs.seconds_per_step(str(tmp_path / "a")) >= 0.0
+    assert compare_runs.seconds_per_step(str(tmp_path / "empty")) is None
     assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert "first differs at step 2: 2.5 against 2.25" in out
