@@ -29,8 +29,8 @@ flags.DEFINE_enum("layout", "auto", list(layouts.layout_names()),
                   "Layout of --data_dir (mgcam_tf.data.layouts.LAYOUT_READERS).")
 flags.DEFINE_enum("missing_masks", "error", list(layouts.MISSING_MASK_POLICIES),
                   "What to do with images that have no mask.")
-flags.DEFINE_string("cache", "", "Cache decoded, resized samples: '' (off), 'memory', "
-                    "or a file path prefix.")
+flags.DEFINE_string("cache", "", "Cache decoded, resized samples: '' (or none/off: no "
+                    "cache), 'memory', or a file path prefix (./none for a file named so).")
 flags.DEFINE_integer("seed", 0, "Seed of sampling, mirroring and initialisation.")
 flags.DEFINE_integer("synthetic_ids", 120, "Built-in data only: number of training ids.")
 # -- model -------------------------------------------------------------------

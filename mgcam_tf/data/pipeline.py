@@ -195,9 +195,15 @@ def _options() -> tf.data.Options:
     return options
 
 
+# Words that read as "no cache" on a command line; taken as file prefixes they would
+# write a cache the size of the data set into the working directory ("./none" does).
+CACHE_OFF_WORDS = ("none", "off", "false")
+
+
 def _cache_mode(cache: CacheLike) -> Optional[str]:
     """None (off), "" (memory) or a file prefix."""
-    if cache is None or cache is False or cache == "":
+    if (cache is None or cache is False or cache == ""
+            or (isinstance(cache, str) and cache.lower() in CACHE_OFF_WORDS)):
         return None
     if cache is True or cache == "memory":
         return ""

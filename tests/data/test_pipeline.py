@@ -154,6 +154,18 @@ def test_file_cache_writes_named_file(tmp_path, market):
         pipeline.train_dataset(market.train, 16, seed=0, cache=str(other / "train"))
 
 
+def test_cache_off_words_write_no_file(tmp_path, market, monkeypatch):
+    """--cache=none (or off) means no cache, not a cache file called none.* here."""
+    monkeypatch.chdir(tmp_path)
+    for word in ("none", "OFF", "false"):
+        ds = pipeline.train_dataset(market.train, 16, seed=0, cache=word, repeat=False)
+        assert sum(int(y["pid"].shape[0]) for _, y in ds) > 0
+    assert os.listdir(tmp_path) == []
+    ds = pipeline.train_dataset(market.train, 16, seed=0, cache="./none", repeat=False)
+    list(ds)
+    assert any(f.startswith("none.") and f.endswith(".index") for f in os.listdir(tmp_path))
+
+
 def test_full_body_mask_when_none(tmp_path):
     image, _, (ip, _) = _asymmetric_sample(tmp_path)
     _, _, (ip2, mp2) = _asymmetric_sample(tmp_path, "t")
