@@ -19,16 +19,15 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import run_record  # noqa: E402  (tools/run_record.py)
+import results_table  # noqa: E402  (tools/results_table.py)
 
 LOSS = "loss/total"
 NETWORK = ("model/", "optimizer/_trainable_variables/")
 
 
 def _loss_points(run: str) -> list[list[float]]:
-    """[[step, total loss, wall time]] of a run's TensorBoard log."""
-    log_dir = os.path.join(run, "logs")
-    return (run_record.event_scalars(log_dir) if os.path.isdir(log_dir) else {}).get(LOSS, [])
+    """[[step, total loss, wall time]] of a run (its TensorBoard log or its record)."""
+    return results_table.run_scalars(run).get(LOSS, [])
 
 
 def seconds_per_step(run: str) -> float | None:
@@ -62,12 +61,11 @@ def weight_differences(run_a: str, run_b: str) -> dict[str, float]:
         if latest is None:
             raise FileNotFoundError(f"{run}: no checkpoint in {run}/checkpoints")
         readers.append(tf.train.load_checkpoint(latest))
-    shapes = readers[0].get_variable_to_shape_map()
+    shapes_a, shapes_b = (r.get_variable_to_shape_map() for r in readers)
     # A variable is saved once, under the first path to it: Keras 3's optimizer reaches
     # the trainable weights first (`optimizer/_trainable_variables/<i>`), the network
     # itself only the rest (`model/...`: BatchNorm's moving statistics).
-    names = [n for n in shapes if n.startswith(NETWORK)
-             and n in readers[1].get_variable_to_shape_map()]
+    names = [n for n in shapes_a if n.startswith(NETWORK) and n in shapes_b]
     out = {}
     for name in sorted(names):
         a, b = (np.asarray(r.get_tensor(name)) for r in readers)
