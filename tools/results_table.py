@@ -92,11 +92,16 @@ def read_results(runs_dir: str, rows=ROWS, metrics=METRICS, protocols=PROTOCOLS,
     return results
 
 
+def _percents(runs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(rank-1, mAP) in % of each run's eval JSON."""
+    return (100 * np.array([r["rank1"] for r in runs.values()]),
+            100 * np.array([r["mAP"] for r in runs.values()]))
+
+
 def _cell(runs: dict) -> str:
     if not runs:
         return "-"
-    r1 = 100 * np.array([r["rank1"] for r in runs.values()])
-    ap = 100 * np.array([r["mAP"] for r in runs.values()])
+    r1, ap = _percents(runs)
     if len(runs) == 1:
         return f"{r1[0]:.2f} / {ap[0]:.2f} (1)"
     return (f"{r1.mean():.2f} ± {r1.std(ddof=1):.2f} / {ap.mean():.2f} ± {ap.std(ddof=1):.2f}"
@@ -125,6 +130,12 @@ def _per_query(runs: dict, seeds) -> tuple[np.ndarray, np.ndarray]:
     return np.mean(aps, axis=0), np.mean(hits, axis=0)
 
 
+def _interval_cell(a: np.ndarray, b: np.ndarray) -> str:
+    """b - a over the queries, in points, with its paired bootstrap 95 % interval."""
+    d = bootstrap.paired_bootstrap(a, b)
+    return f"{100 * d.difference:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]"
+
+
 def intervals_markdown(results: dict, metric: str = "euclidean", protocols=PROTOCOLS,
                        comparisons=COMPARISONS) -> str:
     """Paired bootstrap 95 % intervals (10,000 resamples of the queries) of b - a."""
@@ -141,11 +152,7 @@ def intervals_markdown(results: dict, metric: str = "euclidean", protocols=PROTO
                 continue
             ap_a, hit_a = _per_query(ra, seeds)
             ap_b, hit_b = _per_query(rb, seeds)
-            cells = []
-            for x, y in ((hit_a, hit_b), (ap_a, ap_b)):
-                d = bootstrap.paired_bootstrap(x, y)
-                cells.append(f"{100 * d.difference:+.2f} [{100 * d.low:+.2f}, "
-                             f"{100 * d.high:+.2f}]")
+            cells = [_interval_cell(hit_a, hit_b), _interval_cell(ap_a, ap_b)]
             lines.append(f"| {label} | {protocol} | {','.join(map(str, seeds))} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -162,6 +169,7 @@ def checks_markdown(runs_dir: str, results: dict, metric: str = "euclidean",
         check = read_results(runs_dir, [(row, row) for row in rows], [(metric, metric)],
                              protocols, suffix)
         for row in rows:
+            precisions = None
             for protocol, _ in protocols:
                 a = check.get((row, metric, protocol), {}).get(0)
                 seeds = results.get((row, metric, protocol), {})
@@ -170,22 +178,19 @@ def checks_markdown(runs_dir: str, results: dict, metric: str = "euclidean",
                     lines.append(f"| {row} | {label} | {protocol} | - | not run yet | "
                                  "not run yet | - |")
                     continue
-                precisions = "{} → {}".format(
-                    _settings(seed_dirs(runs_dir, row, suffix)[0]).get("mixed_precision", "?"),
-                    _settings(seed_dirs(runs_dir, row)[0]).get("mixed_precision", "?"))
-                cells = []
-                # (AP, rank-1 hit) per query of each run, in that order
-                for score_a, score_b in zip(_per_query({0: a}, [0]), _per_query({0: b}, [0])):
-                    d = bootstrap.paired_bootstrap(score_a, score_b)
-                    cells.append(f"{100 * d.difference:+.2f} [{100 * d.low:+.2f}, "
-                                 f"{100 * d.high:+.2f}]")
+                if precisions is None:
+                    precisions = " → ".join(
+                        _settings(seed_dirs(runs_dir, row, s)[0]).get("mixed_precision", "?")
+                        for s in (suffix, ""))
+                ap_a, hit_a = _per_query({0: a}, [0])
+                ap_b, hit_b = _per_query({0: b}, [0])
                 spread = "-"
                 if len(seeds) > 1:
-                    r1 = 100 * np.array([r["rank1"] for r in seeds.values()])
-                    ap = 100 * np.array([r["mAP"] for r in seeds.values()])
+                    r1, ap = _percents(seeds)
                     spread = f"{r1.std(ddof=1):.2f} / {ap.std(ddof=1):.2f} ({len(seeds)})"
-                lines.append(f"| {row} | {label} | {protocol} | {precisions} | {cells[1]} | "
-                             f"{cells[0]} | {spread} |")
+                lines.append(f"| {row} | {label} | {protocol} | {precisions} | "
+                             f"{_interval_cell(hit_a, hit_b)} | {_interval_cell(ap_a, ap_b)} | "
+                             f"{spread} |")
     if all("not run yet" in line for line in lines):
         return ""
     return "\n".join([f"| row, seed 0 ({metric}) | seed 0 again | protocol | precisions a → b | "
