@@ -56,7 +56,7 @@ from mgcam_tf.modeling import models
 from mgcam_tf.training import solver as schedule
 from mgcam_tf.training import task  # noqa: E402
 from mgcam_tf.data import layouts, pipeline, synthetic  # noqa: E402
-from mgcam_tf.modeling.losses import MGCAMObjective  # noqa: E402
+from mgcam_tf.modeling.objective import MGCAMObjective  # noqa: E402
 
 H, W = 160, 64
 

@@ -37,7 +37,7 @@ _EXPORTS = {
     "model_from_config": "mgcam_tf.modeling.models",
     "MultiScaleContext": "mgcam_tf.modeling.layers",
     "ContrastiveAttention": "mgcam_tf.modeling.layers",
-    "MGCAMObjective": "mgcam_tf.modeling.losses",
+    "MGCAMObjective": "mgcam_tf.modeling.objective",
     "identity_loss": "mgcam_tf.modeling.losses",
     "attention_loss": "mgcam_tf.modeling.losses",
     "region_triplet_loss": "mgcam_tf.modeling.losses",

@@ -80,6 +80,35 @@ class Split:
         return len(self.image_paths)
 
 
+def merge_train_splits(splits: Sequence[Split]) -> tuple[Split, int]:
+    """One training split of several folders' (dense ids), and its number of ids.
+
+    A split whose file names are exactly those of an earlier one holds the
+    same images in other boxes (CUHK03's detected and labelled boxes: same
+    names, ids and split), so it shares that split's ids; any other split's
+    ids are new ones, after all ids before it.
+    """
+    merged_ids, offsets, names_seen = [], [], []
+    next_id = 0
+    for split in splits:
+        names = sorted(os.path.basename(p) for p in split.image_paths)
+        twin = next((i for i, seen in enumerate(names_seen) if seen == names), None)
+        if twin is not None:
+            offset = offsets[twin]
+        else:
+            offset = next_id
+            next_id += int(split.pids.max()) + 1 if len(split) else 0
+        offsets.append(offset)
+        names_seen.append(names)
+        merged_ids.append(np.asarray(split.pids, np.int64) + offset)
+    merged = Split(
+        image_paths=tuple(p for s in splits for p in s.image_paths),
+        mask_paths=tuple(m for s in splits for m in s.mask_paths),
+        pids=np.concatenate(merged_ids), camids=np.concatenate(
+            [np.asarray(s.camids, np.int64) for s in splits]))
+    return merged, next_id
+
+
 @dataclasses.dataclass(frozen=True)
 class ReidDataset:
     """A data set: train / query / gallery splits.

@@ -52,6 +52,7 @@ from typing import Optional, Union
 import numpy as np
 import tensorflow as tf
 
+from mgcam_tf.data.augment import Augmentation, augment_batch
 from mgcam_tf.data.layouts import Split
 from mgcam_tf.data.preprocess import (IMAGE_HEIGHT, IMAGE_WIDTH, decode_image,
                                       decode_mask, full_body_mask, preprocess_packed,
@@ -153,7 +154,13 @@ class _SampleReader:
             return pos + 1, (tf.identity(packed), self.pids[idx])
 
 
-def _batch_to_xy(packed: tf.Tensor, pid: tf.Tensor, mirror: tf.Tensor) -> tuple[dict, dict]:
+def _batch_to_xy(packed: tf.Tensor, pid: tf.Tensor, mirror: tf.Tensor,
+                 augmentation: Optional[Augmentation] = None,
+                 batch_seed: Optional[tf.Tensor] = None) -> tuple[dict, dict]:
+    if augmentation is not None:
+        # Its own seed, so that turning augmentation on leaves the mirror flips as they were.
+        packed = augment_batch(packed, tf.random.experimental.stateless_fold_in(
+            batch_seed, 1), augmentation)
     out = preprocess_packed(packed, mirror=mirror)
     return ({"rgbm": out["rgbm"]},
             {"pid": pid, "attention_target": out["attention_target"]})
@@ -172,14 +179,16 @@ def _seed_stream(seed: int) -> tf.data.Dataset:
 
 
 def _finish(samples: tf.data.Dataset, batch_size: Optional[int], drop_remainder: bool,
-            mirror: bool, seed: int) -> tf.data.Dataset:
-    """(packed, pid) samples -> batches of (x, y), mirrored per sample.
+            mirror: bool, seed: int,
+            augmentation: Optional[Augmentation] = None) -> tf.data.Dataset:
+    """(packed, pid) samples -> batches of (x, y), augmented and mirrored per sample.
     batch_size None: `samples` already holds batches."""
     batches = samples if batch_size is None else samples.batch(
         batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
     batches = tf.data.Dataset.zip((batches, _seed_stream(seed + 1))).map(
         lambda sample, batch_seed: _batch_to_xy(
-            *sample, _mirror_flags(batch_seed, tf.shape(sample[1])[0], mirror)),
+            *sample, _mirror_flags(batch_seed, tf.shape(sample[1])[0], mirror),
+            augmentation, batch_seed),
         num_parallel_calls=AUTOTUNE)
     return batches.prefetch(AUTOTUNE).with_options(_options())
 
@@ -293,7 +302,8 @@ def _release_owner(owner_file: str) -> None:
 def train_dataset(split: Split, batch_size: int, *, seed: int, shuffle: bool = True,
                   mirror: bool = True, cache: CacheLike = None,
                   drop_remainder: bool = False, repeat: bool = True,
-                  mask_size_mismatch: str = "error") -> tf.data.Dataset:
+                  mask_size_mismatch: str = "error",
+                  augmentation: Optional[Augmentation] = None) -> tf.data.Dataset:
     """Stage-1 batches drawn at random over the whole training set.
 
     Args:
@@ -316,6 +326,8 @@ def train_dataset(split: Split, batch_size: int, *, seed: int, shuffle: bool = T
       mask_size_mismatch: "error" (default): a mask whose size differs from
         its image's stops the dataset with an error naming both; "resize":
         resize both independently, as the official code does.
+      augmentation: the recipe's augmentations (`mgcam_tf.data.augment`),
+        applied to each batch before the mirror; None: none.
 
     Returns:
       tf.data.Dataset of (x, y): x = {"rgbm": float32 [B, 160, 64, 4]},
@@ -352,7 +364,7 @@ def train_dataset(split: Split, batch_size: int, *, seed: int, shuffle: bool = T
             samples = samples.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
         if repeat:
             samples = samples.repeat()
-    return _finish(samples, batch_size, drop_remainder, mirror, seed)
+    return _finish(samples, batch_size, drop_remainder, mirror, seed, augmentation)
 
 
 class _IdTable:
@@ -425,7 +437,8 @@ PAIR_SAMPLINGS = ("paper", "official")
 def pair_dataset(split: Split, pairs_per_batch: int, *, positive_fraction: float = 0.3,
                  seed: int, mirror: bool = True, cache: CacheLike = None,
                  mask_size_mismatch: str = "error",
-                 sampling: str = "paper") -> tf.data.Dataset:
+                 sampling: str = "paper",
+                 augmentation: Optional[Augmentation] = None) -> tf.data.Dataset:
     """Stage-2 (Siamese) batches of image pairs, without end.
 
     Sample 2i pairs with sample 2i + 1 (ARCHITECTURE.md: interleaved, so a
@@ -444,7 +457,7 @@ def pair_dataset(split: Split, pairs_per_batch: int, *, positive_fraction: float
       mirror: random horizontal mirror per sample, p = 0.5.
       cache: as in `train_dataset`, but any cache decodes the whole split
         into memory first (see `_cached_batches`).
-      mask_size_mismatch: as in `train_dataset`.
+      mask_size_mismatch, augmentation: as in `train_dataset`.
       sampling: "paper" (above) or "official", the official data layer
         (`MGCAM_SIA_DataLayer`): P anchors drawn over images, each with a
         partner; the first int(positive_fraction * P) + 1 partners are forced
@@ -504,11 +517,13 @@ def pair_dataset(split: Split, pairs_per_batch: int, *, positive_fraction: float
         return tf.gather(pairs, slots, batch_dims=1)
 
     return _sampled(reader, split, 2 * pairs_per_batch,
-                    make_official if sampling == "official" else make, seed, mirror, cache)
+                    make_official if sampling == "official" else make, seed, mirror, cache,
+                    augmentation)
 
 
 def pk_dataset(split: Split, p: int, k: int, *, seed: int, mirror: bool = True,
-               cache: CacheLike = None, mask_size_mismatch: str = "error") -> tf.data.Dataset:
+               cache: CacheLike = None, mask_size_mismatch: str = "error",
+               augmentation: Optional[Augmentation] = None) -> tf.data.Dataset:
     """P x K batches, without end: P different ids, K images of each.
 
     Samples p*K .. p*K + K - 1 of a batch share an id. An id with K images
@@ -518,7 +533,7 @@ def pk_dataset(split: Split, p: int, k: int, *, seed: int, mirror: bool = True,
     Args:
       split: the training split; it needs at least P ids.
       p, k: identities per batch and images per identity (B = P * K).
-      seed, mirror, cache, mask_size_mismatch: as in `pair_dataset`.
+      seed, mirror, cache, mask_size_mismatch, augmentation: as in `pair_dataset`.
 
     Returns:
       tf.data.Dataset of (x, y) as `train_dataset`, batch P * K.
@@ -549,19 +564,20 @@ def pk_dataset(split: Split, p: int, k: int, *, seed: int, mirror: bool = True,
         ids = tf.broadcast_to(ids[..., tf.newaxis], [m, p, k])
         return table.offset_image(ids, offsets)
 
-    return _sampled(reader, split, p * k, make, seed, mirror, cache)
+    return _sampled(reader, split, p * k, make, seed, mirror, cache, augmentation)
 
 
 def _sampled(reader: "_SampleReader", split: Split, batch_size: int, make, seed: int,
-             mirror: bool, cache: CacheLike) -> tf.data.Dataset:
+             mirror: bool, cache: CacheLike,
+             augmentation: Optional[Augmentation]) -> tf.data.Dataset:
     chunks = _chunks(seed, batch_size, make)
     cache = _cache_mode(cache)
     if cache is None:
         samples = chunks.flat_map(reader.stream)
-        return _finish(samples, batch_size, True, mirror, seed)
+        return _finish(samples, batch_size, True, mirror, seed, augmentation)
     index_batches = chunks.map(lambda c: tf.reshape(c, [-1, batch_size])).unbatch()
     return _finish(_cached_batches(reader, split, cache, index_batches), None, True,
-                   mirror, seed)
+                   mirror, seed, augmentation)
 
 
 def eval_dataset(split: Split, batch_size: int, *,

@@ -120,15 +120,24 @@ class MultiScaleContext(layers.Layer):
     Three parallel 3x3 convolutions (dilation 1, 2 and 3), each followed by
     BN, concatenated and passed through ReLU.
 
+    ibn: IBN-Net's instance-batch normalisation (Pan et al., "Two at Once:
+    Enhancing Learning and Generalization Capacities via IBN-Net", ECCV 2018,
+    IBN-a): the first half of every branch's channels is instance-normalised
+    (with a learned scale and shift), the rest batch-normalised as before.
+    Instance norm removes each image's contrast and colour statistics, which
+    is what changes from one camera to another.
+
     Input: [B, H, W, C]. Output: [B, H, W, 3 * filters] (96 channels by default).
     """
 
     def __init__(self, filters: int = 32, dilation_rates: tuple[int, ...] = (1, 2, 3),
-                 synchronized_bn: bool = False, **kwargs):
+                 synchronized_bn: bool = False, ibn: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.dilation_rates = tuple(dilation_rates)
         self.synchronized_bn = synchronized_bn
+        self.ibn = bool(ibn)
+        self.instance_channels = filters // 2 if self.ibn else 0
         # Keras sublayers do not inherit their parent's dtype policy: pass it on.
         self.convs = [xavier_conv(filters, 3, rate, name=f"conv_d{rate}",
                                   dtype=self.dtype_policy)
@@ -136,6 +145,14 @@ class MultiScaleContext(layers.Layer):
         self.norms = [caffe_batch_norm(synchronized_bn, name=f"bn_d{rate}",
                                        dtype=self.dtype_policy)
                       for rate in self.dilation_rates]
+        # GroupNormalization with one group per channel is instance norm
+        # (keras has no InstanceNormalization; tensorflow-addons' is gone).
+        self.instance_norms = [
+            layers.GroupNormalization(groups=self.instance_channels, epsilon=BN_EPSILON,
+                                      name=f"in_d{rate}", dtype=self.dtype_policy)
+            for rate in self.dilation_rates] if self.ibn else []
+        for rate, norm in zip(self.dilation_rates, self.instance_norms):
+            setattr(self, f"in_d{rate}", norm)
         # Attributes as well as lists: tf.train.Checkpoint does not follow
         # Keras' tracked lists, so without these the stage's kernels and BN
         # statistics were reachable from no checkpointed model (the kernels
@@ -146,9 +163,13 @@ class MultiScaleContext(layers.Layer):
             setattr(self, f"bn_d{rate}", norm)
 
     def build(self, input_shape):
-        for conv, norm in zip(self.convs, self.norms):
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             conv.build(input_shape)
-            norm.build(conv.compute_output_shape(input_shape))
+            shape = conv.compute_output_shape(input_shape)
+            if self.ibn:
+                self.instance_norms[i].build((*shape[:-1], self.instance_channels))
+                shape = (*shape[:-1], self.filters - self.instance_channels)
+            norm.build(shape)
         self.built = True
 
     def call(self, inputs, training=None):
@@ -163,17 +184,32 @@ class MultiScaleContext(layers.Layer):
         """
         if not self.built:  # called directly, outside Keras' __call__
             self.build(inputs.shape)
+        if self.ibn:
+            return self._ibn_pre_activation(inputs, training)
         branches = [conv_bn(conv, norm, inputs, training, self.compute_dtype)
                     for conv, norm in zip(self.convs, self.norms)]
+        return ops.concatenate(branches, axis=-1)
+
+    def _ibn_pre_activation(self, inputs, training):
+        k = self.instance_channels
+        branches = []
+        for conv, norm, inorm in zip(self.convs, self.norms, self.instance_norms):
+            y = conv(inputs)
+            branches.append(ops.concatenate(
+                [ops.cast(inorm(y[..., :k]), self.compute_dtype),
+                 ops.cast(norm(y[..., k:], training=training), self.compute_dtype)], axis=-1))
         return ops.concatenate(branches, axis=-1)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.filters * len(self.dilation_rates))
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters,
-                "dilation_rates": list(self.dilation_rates),
-                "synchronized_bn": self.synchronized_bn}
+        config = {**super().get_config(), "filters": self.filters,
+                  "dilation_rates": list(self.dilation_rates),
+                  "synchronized_bn": self.synchronized_bn}
+        if self.ibn:
+            config["ibn"] = True
+        return config
 
 
 @keras.saving.register_keras_serializable(package="mgcam_tf")
@@ -232,16 +268,22 @@ class StreamHead(layers.Layer):
     Input: [B, 40, 16, 96]. Output: (h [B, feature_dim], logits [B, num_ids]).
     in_place_dropout: in training, h is returned after the dropout (the
     official prototxt's in-place Dropout on fc1); off, as in the paper.
+    bnneck: Luo et al.'s BNNeck (CVPR-W 2019): a BatchNorm (learned scale, no
+    shift) between h and the classifier, so that the metric losses shape h
+    and the identity loss its normalised copy. `embed(..., "bnneck")` gives
+    that copy for retrieval.
     """
 
     def __init__(self, num_ids: int, feature_dim: int = 128, dropout: float = 0.2,
-                 synchronized_bn: bool = False, in_place_dropout: bool = False, **kwargs):
+                 synchronized_bn: bool = False, in_place_dropout: bool = False,
+                 bnneck: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.num_ids = num_ids
         self.feature_dim = feature_dim
         self.dropout_rate = dropout
         self.synchronized_bn = synchronized_bn
         self.in_place_dropout = in_place_dropout
+        self.bnneck = bool(bnneck)
         dtype = self.dtype_policy
         self.stage3 = MultiScaleContext(synchronized_bn=synchronized_bn, name="stage3",
                                         dtype=dtype)
@@ -254,6 +296,9 @@ class StreamHead(layers.Layer):
         self.dropout = layers.Dropout(dropout, dtype=dtype)
         self.classifier = layers.Dense(num_ids, kernel_initializer=KERNEL_INITIALIZER,
                                        name="classifier", dtype=dtype)
+        self.neck = layers.BatchNormalization(
+            center=False, epsilon=BN_EPSILON, momentum=BN_MOMENTUM, synchronized=synchronized_bn,
+            name="bnneck", dtype=dtype) if self.bnneck else None
 
     def build(self, input_shape):
         shape = self.pool.compute_output_shape(input_shape)
@@ -264,15 +309,27 @@ class StreamHead(layers.Layer):
         flat = self.flatten.compute_output_shape(shape)
         self.embedding.build(flat)
         self.classifier.build((flat[0], self.feature_dim))
+        if self.neck is not None:
+            self.neck.build((flat[0], self.feature_dim))
         self.built = True
 
-    def call(self, inputs, training=None):
+    def feature(self, inputs, training=None):
+        """h [B, feature_dim] of stage-2 features [B, 40, 16, 96]."""
         x = self.pool(inputs)
         # relu(pool(.)) == pool(relu(.)), on a quarter of the values.
         x = ops.relu(self.pool(self.stage3.pre_activation(x, training=training)))
         x = ops.relu(self.pool(self.stage4.pre_activation(x, training=training)))
-        h = self.embedding(self.flatten(x))
-        dropped = self.dropout(h, training=training)
+        return self.embedding(self.flatten(x))
+
+    def embed(self, inputs, which: str = "h"):
+        """The test-time feature: h, or ("bnneck") its BNNeck-normalised copy."""
+        h = self.feature(inputs, training=False)
+        return self.neck(h, training=False) if which == "bnneck" else h
+
+    def call(self, inputs, training=None):
+        h = self.feature(inputs, training=training)
+        classified = self.neck(h, training=training) if self.neck is not None else h
+        dropped = self.dropout(classified, training=training)
         logits = self.classifier(dropped)
         # The official net's Dropout is in place on fc1: in training, every
         # consumer of h (the region and Siamese losses too) sees the
@@ -286,4 +343,4 @@ class StreamHead(layers.Layer):
         return {**super().get_config(), "num_ids": self.num_ids,
                 "feature_dim": self.feature_dim, "dropout": self.dropout_rate,
                 "synchronized_bn": self.synchronized_bn,
-                "in_place_dropout": self.in_place_dropout}
+                "in_place_dropout": self.in_place_dropout, "bnneck": self.bnneck}

@@ -7,13 +7,10 @@ train step's job, not these functions'.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Mapping, Sequence
 
 from keras import ops
 
-from mgcam_tf.errors import ConfigError
 
 
 def squared_distance(a, b):
@@ -21,17 +18,57 @@ def squared_distance(a, b):
     return ops.sum(ops.square(a - b), axis=-1)
 
 
-def identity_loss(pids, logits: Sequence):
+def identity_loss(pids, logits: Sequence, label_smoothing: float = 0.0):
     """L_id: softmax cross-entropy of each stream's logits, summed over the streams.
 
     pids: int [B]; logits: a sequence of [B, num_ids]. The official code
     gives the background stream the identity labels too.
+    label_smoothing: epsilon of Szegedy et al. (CVPR 2016), as the ReID recipe
+    of Luo et al. (CVPR-W 2019) uses it: the target is (1 - epsilon) on the
+    true id plus epsilon / num_ids on every id.
     """
     total = 0.0
     for stream_logits in logits:
-        total = total + ops.mean(ops.sparse_categorical_crossentropy(
-            pids, ops.cast(stream_logits, "float32"), from_logits=True))
+        stream_logits = ops.cast(stream_logits, "float32")
+        if label_smoothing:
+            log_p = ops.log_softmax(stream_logits, axis=-1)
+            true = ops.take_along_axis(log_p, ops.expand_dims(ops.cast(pids, "int32"), -1),
+                                       axis=-1)[:, 0]
+            per_example = -(1.0 - label_smoothing) * true - label_smoothing * ops.mean(
+                log_p, axis=-1)
+            total = total + ops.mean(per_example)
+        else:
+            total = total + ops.mean(ops.sparse_categorical_crossentropy(
+                pids, stream_logits, from_logits=True))
     return total
+
+
+def batch_hard_triplet_loss(h, pids, margin: float = 0.3):
+    """Batch-hard triplet loss (Hermans, Beyer, Leibe, "In Defense of the Triplet Loss
+    for Person Re-Identification", 2017, eq. 5) on Euclidean distances.
+
+    For each anchor: its farthest same-id example and nearest other-id example
+    in the batch, max(margin + d_ap - d_an, 0); averaged over the anchors that
+    have both (a P x K batch gives every anchor both). h: [B, D]; pids: [B].
+    """
+    h = ops.cast(h, "float32")
+    squared = ops.sum(ops.square(h), axis=-1)
+    gram = ops.matmul(h, ops.transpose(h))
+    dist_sq = ops.maximum(squared[:, None] + squared[None, :] - 2.0 * gram, 0.0)
+    # The square root's gradient at 0 is infinite: distances of (near) zero
+    # get a floor, which only the diagonal and duplicated images reach.
+    dist = ops.sqrt(ops.maximum(dist_sq, 1e-12))
+    same = ops.equal(pids[:, None], pids[None, :])
+    eye = ops.eye(ops.shape(h)[0], dtype="bool")
+    positive = ops.logical_and(same, ops.logical_not(eye))
+    negative = ops.logical_not(same)
+    hardest_positive = ops.max(ops.where(positive, dist, 0.0), axis=1)
+    big = ops.max(dist) + 1.0
+    hardest_negative = ops.min(ops.where(negative, dist, big), axis=1)
+    valid = ops.cast(ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1)),
+                     "float32")
+    per_anchor = ops.relu(margin + hardest_positive - hardest_negative) * valid
+    return ops.sum(per_anchor) / ops.maximum(ops.sum(valid), 1.0)
 
 
 def attention_loss(target, phi_plus):
@@ -94,8 +131,6 @@ def official_region_loss(h_full, h_body, h_bgd, pull_margin: float = 0.1,
             + caffe_contrastive_loss(h_full, h_bgd, 0.0 * ones, push_margin))
 
 
-REGION_LOSSES = ("paper", "official")
-SIAMESE_LOSSES = ("paper", "official")
 
 
 def official_siamese_loss(h, pids, margin: float = 10.0):
@@ -109,69 +144,3 @@ def official_siamese_loss(h, pids, margin: float = 10.0):
     pair_ids = ops.reshape(pids, (-1, 2))
     same = ops.equal(pair_ids[:, 0], pair_ids[:, 1])
     return caffe_contrastive_loss(pairs[:, 0], pairs[:, 1], same, margin)
-
-
-@dataclasses.dataclass(frozen=True)
-class MGCAMObjective:
-    """Eq. 8: L = L_id + lambda * L_sia + alpha * L_trip + beta * L_att.
-
-    Terms whose weight is zero, or whose inputs the model does not produce
-    (the MSCAN-body baseline has no attention or body/background streams),
-    are left out. Stage 1 trains with `siamese_weight=0`.
-    """
-
-    siamese_weight: float = 0.0
-    triplet_weight: float = 0.01
-    attention_weight: float = 0.1
-    triplet_margin: float = 10.0
-    siamese_margin: float = 10.0
-    region_loss: str = "paper"
-    siamese_loss: str = "paper"
-    official_pull_margin: float = 0.1
-    official_push_margin: float = 100.0
-
-    def __post_init__(self):
-        if self.region_loss not in REGION_LOSSES:
-            raise ConfigError(f"region_loss must be one of {REGION_LOSSES}, "
-                              f"got {self.region_loss!r}")
-        if self.siamese_loss not in SIAMESE_LOSSES:
-            raise ConfigError(f"siamese_loss must be one of {SIAMESE_LOSSES}, "
-                              f"got {self.siamese_loss!r}")
-        for field in ("siamese_weight", "triplet_weight", "attention_weight", "triplet_margin",
-                      "siamese_margin", "official_pull_margin", "official_push_margin"):
-            value = getattr(self, field)
-            # `not value >= 0` is also true for NaN.
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or not value >= 0:
-                raise ConfigError(f"{field} must be a finite number >= 0, got {value!r}")
-
-    def __call__(self, y: Mapping, outputs: Mapping) -> dict:
-        """Returns each term and their weighted sum under `total`.
-
-        y: {"pid": [B], "attention_target": [B, 40, 16, 1]}; outputs: the model's dict.
-        """
-        pids = y["pid"]
-        streams = [outputs[k] for k in ("logits_full", "logits_body", "logits_bgd")
-                   if k in outputs]
-        terms = {"identity_loss": identity_loss(pids, streams)}
-        total = terms["identity_loss"]
-        has_regions = "h_body" in outputs
-        if has_regions and self.triplet_weight > 0:
-            h = [ops.cast(outputs[k], "float32") for k in ("h_full", "h_body", "h_bgd")]
-            if self.region_loss == "paper":
-                term = region_triplet_loss(*h, margin=self.triplet_margin)
-            else:
-                term = official_region_loss(*h, self.official_pull_margin,
-                                            self.official_push_margin)
-            terms["triplet_loss"] = term
-            total = total + self.triplet_weight * term
-        if "attention" in outputs and self.attention_weight > 0:
-            terms["attention_loss"] = attention_loss(y["attention_target"],
-                                                     outputs["attention"])
-            total = total + self.attention_weight * terms["attention_loss"]
-        if self.siamese_weight > 0:
-            pair_loss = siamese_loss if self.siamese_loss == "paper" else official_siamese_loss
-            terms["siamese_loss"] = pair_loss(ops.cast(outputs["h_full"], "float32"),
-                                              pids, self.siamese_margin)
-            total = total + self.siamese_weight * terms["siamese_loss"]
-        terms["total"] = total
-        return terms

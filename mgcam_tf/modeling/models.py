@@ -41,6 +41,31 @@ def binary_mask_at_features(rgbm):
     return ops.cast(pooled > 0.5, rgbm.dtype)
 
 
+# MSCAN stages that may take IBN-Net's instance norm: the shallow ones, shared
+# by the three streams (Pan et al. put it in the early layers only).
+IBN_STAGES = ("stage1", "stage2")
+RETRIEVAL_FEATURES = ("h", "bnneck")
+
+
+def _check_recipe_options(bnneck: bool, ibn_stages, retrieval_feature: str,
+                          in_place_dropout: bool) -> None:
+    stages = list(ibn_stages)
+    for stage in stages:
+        if stage not in IBN_STAGES:
+            raise ConfigError(f"ibn_stages: {stage!r} is not an MSCAN stage that takes "
+                              f"instance norm; choose from {', '.join(IBN_STAGES)}")
+    if len(set(stages)) != len(stages):
+        raise ConfigError(f"ibn_stages lists a stage twice: {', '.join(stages)}")
+    if retrieval_feature not in RETRIEVAL_FEATURES:
+        raise ConfigError(f"retrieval_feature must be one of {RETRIEVAL_FEATURES}, "
+                          f"got {retrieval_feature!r}")
+    if retrieval_feature == "bnneck" and not bnneck:
+        raise ConfigError("retrieval_feature 'bnneck' needs bnneck")
+    if bnneck and in_place_dropout:
+        raise ConfigError("bnneck and in_place_dropout cannot be combined (the official "
+                          "in-place dropout acts on h, which BNNeck keeps apart)")
+
+
 @keras.saving.register_keras_serializable(package="mgcam_tf")
 class MGCAM(keras.Model):
     """Mask-guided Contrastive Attention Model (SPEC §2).
@@ -54,8 +79,11 @@ class MGCAM(keras.Model):
 
     def __init__(self, num_ids: int, input_mode: str = "rgbm", attention: str = "soft",
                  feature_dim: int = 128, dropout: float = 0.2,
-                 synchronized_bn: bool = False, in_place_dropout: bool = False, **kwargs):
+                 synchronized_bn: bool = False, in_place_dropout: bool = False,
+                 bnneck: bool = False, ibn_stages: tuple[str, ...] = (),
+                 retrieval_feature: str = "h", **kwargs):
         super().__init__(**kwargs)
+        _check_recipe_options(bnneck, ibn_stages, retrieval_feature, in_place_dropout)
         if input_mode not in INPUT_MODES:
             raise ConfigError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
         if attention not in ATTENTION_MODES:
@@ -69,6 +97,9 @@ class MGCAM(keras.Model):
         self.dropout_rate = dropout
         self.synchronized_bn = synchronized_bn
         self.in_place_dropout = in_place_dropout
+        self.bnneck = bool(bnneck)
+        self.ibn_stages = tuple(ibn_stages)
+        self.retrieval_feature = retrieval_feature
         # Keras sublayers do not inherit the model's dtype policy (float32,
         # mixed_float16 or mixed_bfloat16): every one is given it, except the
         # attention, which computes in the variables' dtype (float32) under a
@@ -78,12 +109,12 @@ class MGCAM(keras.Model):
         self.stem_bn = caffe_batch_norm(synchronized_bn, name="stem_bn", dtype=dtype)
         self.pool = layers.MaxPooling2D(2, 2, name="pool", dtype=dtype)
         self.stage1 = MultiScaleContext(synchronized_bn=synchronized_bn, name="stage1",
-                                        dtype=dtype)
+                                        ibn="stage1" in self.ibn_stages, dtype=dtype)
         self.stage2 = MultiScaleContext(synchronized_bn=synchronized_bn, name="stage2",
-                                        dtype=dtype)
+                                        ibn="stage2" in self.ibn_stages, dtype=dtype)
         head = dict(num_ids=num_ids, feature_dim=feature_dim, dropout=dropout,
                     synchronized_bn=synchronized_bn, in_place_dropout=in_place_dropout,
-                    dtype=dtype)
+                    bnneck=self.bnneck, dtype=dtype)
         self.full_stream = StreamHead(**head, name="full_stream")
         if attention != "none":
             self.attention = ContrastiveAttention(attention, name="contrastive_attention",
@@ -131,7 +162,7 @@ class MGCAM(keras.Model):
         for MGCAM when `attention`, Phi+ `attention` [B, 40, 16, 1]. The body and
         background streams and the classifiers are not run."""
         features = self.stage2_features(rgbm, training=False)
-        outputs = {"h_full": self.full_stream(features, training=False)[0]}
+        outputs = {"h_full": self.full_stream.embed(features, self.retrieval_feature)}
         if attention and self.attention_mode != "none":
             outputs["attention"] = self._attend(features, rgbm)[2]
         return self._float32(outputs)
@@ -145,6 +176,14 @@ class MGCAM(keras.Model):
                   "attention": self.attention_mode, "feature_dim": self.feature_dim,
                   "dropout": self.dropout_rate, "synchronized_bn": self.synchronized_bn,
                   "in_place_dropout": self.in_place_dropout}
+        # The recipe's options only when set, so that every configuration
+        # written before them still reads as the same model.
+        if self.bnneck:
+            config["bnneck"] = True
+        if self.ibn_stages:
+            config["ibn_stages"] = list(self.ibn_stages)
+        if self.retrieval_feature != "h":
+            config["retrieval_feature"] = self.retrieval_feature
         if self.dtype_policy.name != "float32":
             config["dtype"] = self.dtype_policy.name
         return config
@@ -202,7 +241,9 @@ def serialize(model: MGCAM) -> dict:
 
 def model_config(num_ids: int, architecture: str = "mgcam", input_mode: str = "rgbm",
                  attention: str = "soft", feature_dim: int = 128,
-                 dropout: float = 0.2, in_place_dropout: bool = False) -> dict:
+                 dropout: float = 0.2, in_place_dropout: bool = False,
+                 bnneck: bool = False, ibn_stages: tuple[str, ...] = (),
+                 retrieval_feature: str = "h") -> dict:
     """The serialised configuration (see `serialize`) of the model these
     arguments describe, without building it; `model_from_config` builds it."""
     if architecture not in ARCHITECTURES:
@@ -218,11 +259,20 @@ def model_config(num_ids: int, architecture: str = "mgcam", input_mode: str = "r
         raise ConfigError(f"feature_dim must be >= 1, got {feature_dim}")
     if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
         raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
+    _check_recipe_options(bnneck, ibn_stages, retrieval_feature, in_place_dropout)
+    config = {"num_ids": int(num_ids), "input_mode": input_mode,
+              "attention": attention if architecture == "mgcam" else "none",
+              "feature_dim": int(feature_dim), "dropout": float(dropout),
+              "in_place_dropout": bool(in_place_dropout)}
+    # As MGCAM.get_config: the recipe's options only when set.
+    if bnneck:
+        config["bnneck"] = True
+    if ibn_stages:
+        config["ibn_stages"] = list(ibn_stages)
+    if retrieval_feature != "h":
+        config["retrieval_feature"] = retrieval_feature
     return {"class_name": "MGCAM" if architecture == "mgcam" else "MSCANBody",
-            "config": {"num_ids": int(num_ids), "input_mode": input_mode,
-                       "attention": attention if architecture == "mgcam" else "none",
-                       "feature_dim": int(feature_dim), "dropout": float(dropout),
-                       "in_place_dropout": bool(in_place_dropout)}}
+            "config": config}
 
 
 def model_from_config(serialized: dict, *, synchronized_bn: bool = False,

@@ -79,8 +79,13 @@ def read_model_config(model_dir: os.PathLike) -> dict:
         raise ConfigError(f"{path} is not a valid mgcam_tf model config: {err}") from None
 
 
-def prepare_model_dir(model_dir: os.PathLike, model_config: dict, settings: dict) -> None:
+def prepare_model_dir(model_dir: os.PathLike, model_config: dict, settings: dict,
+                      experiment: dict | None = None) -> None:
     """Writes config.json, or checks that the directory holds the same model.
+
+    config.json holds `{"model": model_config, "experiment": experiment}`
+    (`training.config.ExperimentConfig.to_dict`); without an experiment,
+    `{"model", "settings"}` as the first format did.
 
     Call it once the model is built from `model_config`, so that a start that
     fails before leaves no config.json behind to refuse the corrected command.
@@ -98,8 +103,9 @@ def prepare_model_dir(model_dir: os.PathLike, model_config: dict, settings: dict
             raise ConfigError(
                 f"--model_dir {model_dir} holds a different model ({', '.join(differs)} "
                 f"differ); resume with the same settings or choose a new --model_dir")
-    atomic_files.write_json(model_dir / CONFIG_FILE, {"model": model_config, "settings": settings},
-                            make_parents=True)
+    record = ({"model": model_config, "experiment": experiment} if experiment is not None
+              else {"model": model_config, "settings": settings})
+    atomic_files.write_json(model_dir / CONFIG_FILE, record, make_parents=True)
 
 
 def checkpoint_manager(model_dir: os.PathLike, model: keras.Model,

@@ -23,10 +23,11 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from mgcam_tf.modeling.losses import MGCAMObjective
+from mgcam_tf.modeling.objective import MGCAMObjective
 from mgcam_tf.training import solver
 
-LOSS_TERMS = ("loss", "identity_loss", "triplet_loss", "attention_loss", "siamese_loss")
+LOSS_TERMS = ("loss", "identity_loss", "triplet_loss", "attention_loss", "siamese_loss",
+              "batch_hard_loss")
 
 
 class TrainingTask(keras.Model):
@@ -160,9 +161,13 @@ def _reducible_logs(logs: dict) -> dict:
 
 
 def build_task(network: keras.Model, solver_config: solver.SolverConfig,
-               objective: MGCAMObjective, *, jit_compile: bool | str = False) -> TrainingTask:
-    """The compiled task of `network` under `solver_config` (call inside the strategy's scope)."""
-    task = TrainingTask(network, objective, weight_decay=solver_config.weight_decay,
+               objective: MGCAMObjective, *, jit_compile: bool | str = False,
+               total_steps: int | None = None) -> TrainingTask:
+    """The compiled task of `network` under `solver_config` (call inside the strategy's scope).
+
+    total_steps: the run's length (cosine decay and warmup need it)."""
+    task = TrainingTask(network, objective, weight_decay=solver_config.coupled_weight_decay,
                         bias_lr_mult=solver_config.bias_lr_mult)
-    task.compile(optimizer=solver.build_optimizer(solver_config), jit_compile=jit_compile)
+    task.compile(optimizer=solver.build_optimizer(solver_config, total_steps),
+                 jit_compile=jit_compile)
     return task

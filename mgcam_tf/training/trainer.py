@@ -29,10 +29,11 @@ import keras
 import tensorflow as tf
 
 from mgcam_tf.modeling import models
-from mgcam_tf.modeling.losses import MGCAMObjective
+from mgcam_tf.modeling.objective import MGCAMObjective
 from mgcam_tf.training import callbacks as run_callbacks
 from mgcam_tf.training import distribution, run_dir, task
 from mgcam_tf.training import solver as schedule
+from mgcam_tf.training.config import ExperimentConfig
 
 
 def train(model_dir: os.PathLike, dataset: tf.data.Dataset, model_config: dict,
@@ -41,7 +42,8 @@ def train(model_dir: os.PathLike, dataset: tf.data.Dataset, model_config: dict,
           synchronized_bn: bool = False, init_from: os.PathLike | None = None,
           settings: dict | None = None, verbose: int | str = 0,
           callbacks: Sequence[keras.callbacks.Callback] = (),
-          mixed_precision: str = "float32", jit_compile: bool = False) -> task.TrainingTask:
+          mixed_precision: str = "float32", jit_compile: bool = False,
+          experiment: dict | None = None) -> task.TrainingTask:
     """Trains `run.total_steps` steps, resuming from `model_dir` if it holds a checkpoint.
 
     dataset: an infinite tf.data.Dataset of (x, y) batches (see docs/ARCHITECTURE.md),
@@ -53,6 +55,9 @@ def train(model_dir: os.PathLike, dataset: tf.data.Dataset, model_config: dict,
     mixed_precision: "float32", "mixed_float16" or "mixed_bfloat16" (Keras dtype
     policies; attention and losses stay float32; float16 gets loss scaling).
     jit_compile: compile the train step with XLA.
+    settings: shown in TensorBoard (the run's flat settings).
+    experiment: the ExperimentConfig's dict, recorded in config.json (default:
+    `settings`, as the first format did).
     Returns the training task; `.network` is the trained model. Raises
     TrainingError if the loss becomes NaN.
     """
@@ -65,20 +70,21 @@ def train(model_dir: os.PathLike, dataset: tf.data.Dataset, model_config: dict,
                       strategy=strategy, chief=chief, synchronized_bn=synchronized_bn,
                       init_from=init_from, settings=settings, verbose=verbose,
                       callbacks=callbacks, mixed_precision=mixed_precision,
-                      jit_compile=jit_compile)
+                      jit_compile=jit_compile, experiment=experiment)
 
 
 def _train(model_dir, dataset, model_config, solver, objective, run, *, strategy, chief,
            synchronized_bn, init_from, settings, verbose, callbacks, mixed_precision,
-           jit_compile) -> task.TrainingTask:
+           jit_compile, experiment) -> task.TrainingTask:
     run_dir.remove_partial_saves(model_dir)
     with strategy.scope():
         network = models.model_from_config(model_config, synchronized_bn=synchronized_bn,
                                            mixed_precision=mixed_precision)
-        model = task.build_task(network, solver, objective, jit_compile=jit_compile)
+        model = task.build_task(network, solver, objective, jit_compile=jit_compile,
+                                total_steps=run.total_steps)
         model.optimizer.build(model.trainable_variables)
     if chief:
-        run_dir.prepare_model_dir(model_dir, model_config, settings or {})
+        run_dir.prepare_model_dir(model_dir, model_config, settings or {}, experiment)
     # Checkpoints hold the network (as `model`) and the optimizer, the same
     # object paths as before the task was split from the network.
     manager = run_dir.checkpoint_manager(model_dir, network, model.optimizer,
@@ -118,3 +124,86 @@ def _train(model_dir, dataset, model_config, solver, objective, run, *, strategy
     for fit in fits:
         model.fit(dataset, callbacks=all_callbacks, verbose=verbose, shuffle=False, **fit)
     return model
+
+
+# -- an experiment, end to end ----------------------------------------------------------
+
+def training_data(config: ExperimentConfig, model_dir: os.PathLike):
+    """(the data set of `data_dir`, the training split of it and `extra_train_dirs`,
+    the number of training ids). The built-in data is written under model_dir."""
+    from mgcam_tf.data import layouts, synthetic
+
+    data = config.data
+    data_dir = data.data_dir or str(synthetic.write_synthetic_market(
+        os.path.join(model_dir, "synthetic_data"), num_train_ids=data.synthetic_ids,
+        seed=config.runtime.seed))
+    dataset = layouts.load_dataset(data_dir, layout=data.layout,
+                                   missing_masks=data.missing_masks)
+    train_split = dataset.require_train("mgcam-train")
+    num_ids = dataset.num_train_ids
+    if data.extra_train_dirs:
+        extra = [layouts.load_dataset(d, layout="auto", missing_masks=data.missing_masks)
+                 .require_train("extra_train_dirs") for d in data.extra_train_dirs]
+        train_split, num_ids = layouts.merge_train_splits([train_split, *extra])
+    return dataset, train_split, num_ids
+
+
+def training_batches(config: ExperimentConfig, train_split, replicas: int) -> tf.data.Dataset:
+    """The tf.data batches of the stage, sampler and augmentation `config` asks for."""
+    from mgcam_tf.data import pipeline
+    from mgcam_tf.errors import ConfigError
+
+    data, seed = config.data, config.runtime.seed
+    stage2 = config.schedule.stage == "2"
+    unit = 2 * replicas if stage2 else replicas
+    if data.batch_size % unit:
+        raise ConfigError(f"batch_size {data.batch_size} must split evenly over "
+                          f"{replicas} replica(s)" + (" in whole pairs" if stage2 else ""))
+    cache = {"": None, "memory": True}.get(data.cache, data.cache)
+    common = dict(seed=seed, cache=cache, mirror=config.augmentation.mirror,
+                  augmentation=config.augmentation)
+    if stage2:
+        return pipeline.pair_dataset(train_split, data.batch_size // 2,
+                                     positive_fraction=data.positive_fraction,
+                                     sampling=data.pair_sampling, **common)
+    if data.sampler == "pk":
+        if data.batch_size % data.pk_k:
+            raise ConfigError(f"batch_size {data.batch_size} must be a multiple of "
+                              f"pk_k {data.pk_k}")
+        return pipeline.pk_dataset(train_split, data.batch_size // data.pk_k, data.pk_k,
+                                   **common)
+    # A batch split across replicas must never leave one replica empty.
+    return pipeline.train_dataset(train_split, data.batch_size, drop_remainder=True, **common)
+
+
+def train_experiment(config: ExperimentConfig, model_dir: os.PathLike, *,
+                     strategy: tf.distribute.Strategy | None = None,
+                     callbacks: Sequence[keras.callbacks.Callback] = (),
+                     extra_callbacks=None, verbose: int | str = 0):
+    """Trains `config` into `model_dir` (resuming it): returns (task, the data set).
+
+    extra_callbacks: called with (strategy, data set) once the data is read, returns
+    more callbacks (evaluation during training needs the data set's query/gallery).
+    """
+    from mgcam_tf.training import precision
+
+    strategy = strategy or tf.distribute.get_strategy()
+    keras.utils.set_random_seed(config.runtime.seed)
+    dataset, train_split, num_ids = training_data(config, model_dir)
+    batches = training_batches(config, train_split, strategy.num_replicas_in_sync)
+    mixed = precision.resolve_precision(config.runtime.mixed_precision)
+    # What ran: the precision `auto` chose.
+    recorded = config.override({"mixed_precision": mixed})
+    more = list(extra_callbacks(strategy, dataset)) if extra_callbacks else []
+    run = run_dir.RunConfig(total_steps=config.schedule.total_steps,
+                            checkpoint_every=config.schedule.checkpoint_every,
+                            log_every=config.schedule.log_every,
+                            image_every=config.schedule.image_every,
+                            max_checkpoints=config.schedule.max_checkpoints)
+    model = train(model_dir, batches, config.model.serialized(num_ids), config.optimizer,
+                  config.objective(), run, strategy=strategy,
+                  synchronized_bn=config.runtime.sync_bn,
+                  init_from=config.schedule.init_from or None,
+                  settings=recorded.flat(), experiment=recorded.to_dict(),
+                  mixed_precision=mixed, callbacks=[*callbacks, *more], verbose=verbose)
+    return model, dataset

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from mgcam_tf.modeling import losses
+from mgcam_tf.modeling.objective import MGCAMObjective
 from mgcam_tf.errors import ConfigError
 from mgcam_tf.modeling.models import build_model
 
@@ -72,21 +73,21 @@ def test_objective_weights_terms_as_eq8():
                "logits_full": features(4, 3), "logits_body": features(4, 3),
                "logits_bgd": features(4, 3), "attention": RNG.rand(4, 40, 16, 1)}
     y = {"pid": np.array([0, 0, 1, 2]), "attention_target": RNG.rand(4, 40, 16, 1)}
-    objective = losses.MGCAMObjective(siamese_weight=0.01, triplet_weight=0.01,
+    objective = MGCAMObjective(siamese_weight=0.01, triplet_weight=0.01,
                                       attention_weight=0.1)
     terms = {k: float(v) for k, v in objective(y, outputs).items()}
     expected = (terms["identity_loss"] + 0.01 * terms["siamese_loss"]
                 + 0.01 * terms["triplet_loss"] + 0.1 * terms["attention_loss"])
     np.testing.assert_allclose(terms["total"], expected, rtol=1e-5)
-    stage1 = losses.MGCAMObjective()(y, outputs)
+    stage1 = MGCAMObjective()(y, outputs)
     assert "siamese_loss" not in stage1
 
 
 def test_objective_rejects_bad_settings():
     with pytest.raises(ConfigError, match="region_loss"):
-        losses.MGCAMObjective(region_loss="other")
+        MGCAMObjective(region_loss="other")
     with pytest.raises(ConfigError, match="attention_weight"):
-        losses.MGCAMObjective(attention_weight=-1)
+        MGCAMObjective(attention_weight=-1)
 
 
 def test_attention_loss_gradient_reaches_the_attention_convolution():

@@ -12,7 +12,7 @@ from mgcam_tf.training import solver as schedule
 from mgcam_tf.training import run_dir
 from mgcam_tf.training import task, trainer
 from mgcam_tf.errors import ConfigError
-from mgcam_tf.modeling.losses import MGCAMObjective
+from mgcam_tf.modeling.objective import MGCAMObjective
 
 RNG = np.random.RandomState(0)
 X = {"rgbm": RNG.randn(4, 160, 64, 4).astype("float32")}

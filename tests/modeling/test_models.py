@@ -9,7 +9,7 @@ from mgcam_tf.modeling import models
 from mgcam_tf.training import solver as schedule
 from mgcam_tf.training import task
 from mgcam_tf.errors import ConfigError
-from mgcam_tf.modeling.losses import MGCAMObjective
+from mgcam_tf.modeling.objective import MGCAMObjective
 
 RNG = np.random.RandomState(0)
 NUM_IDS = 5

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 
 from mgcam_tf.data import layouts, pipeline, synthetic  # noqa: E402
 from mgcam_tf.modeling import models  # noqa: E402
-from mgcam_tf.modeling.losses import MGCAMObjective  # noqa: E402
+from mgcam_tf.modeling.objective import MGCAMObjective  # noqa: E402
 from mgcam_tf.training import callbacks, run_dir, solver, trainer  # noqa: E402
 
 work, mode = sys.argv[1], sys.argv[2]

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from mgcam_tf.modeling import models
 from mgcam_tf.training import solver as schedule  # noqa: E402
 from mgcam_tf.training import task  # noqa: E402
-from mgcam_tf.modeling.losses import MGCAMObjective  # noqa: E402
+from mgcam_tf.modeling.objective import MGCAMObjective  # noqa: E402
 
 rng = np.random.RandomState(0)
 x = {"rgbm": rng.randn(8, 160, 64, 4)}

@@ -29,7 +29,7 @@ keras.config.set_floatx("float64")
 import tensorflow as tf  # noqa: E402
 
 from mgcam_tf.training import solver as schedule  # noqa: E402
-from mgcam_tf.modeling.losses import MGCAMObjective  # noqa: E402
+from mgcam_tf.modeling.objective import MGCAMObjective  # noqa: E402
 
 model_dir, total_steps, weights_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rng = np.random.RandomState(0)

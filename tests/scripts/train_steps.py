@@ -17,7 +17,7 @@ from mgcam_tf.training import solver as schedule
 from mgcam_tf.modeling import models
 from mgcam_tf.training import run_dir
 from mgcam_tf.training import trainer
-from mgcam_tf.modeling.losses import MGCAMObjective
+from mgcam_tf.modeling.objective import MGCAMObjective
 
 model_dir, total_steps = sys.argv[1], int(sys.argv[2])
 poison = len(sys.argv) > 3 and sys.argv[3] == "nan"

@@ -6,7 +6,7 @@ import pytest
 
 from mgcam_tf.data import layouts, pipeline, synthetic
 from mgcam_tf.modeling import losses, models
-from mgcam_tf.modeling.losses import MGCAMObjective
+from mgcam_tf.modeling.objective import MGCAMObjective
 from mgcam_tf.training import solver, task
 
 NUM_IDS = 4

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from mgcam_tf.modeling import models
-from mgcam_tf.modeling.losses import MGCAMObjective
+from mgcam_tf.modeling.objective import MGCAMObjective
 from mgcam_tf.training import callbacks, run_dir, solver, trainer
 
 

@@ -154,7 +154,7 @@ def test_periodic_evaluation_leaves_training_unchanged(tmp_path):
 
 
 def _tiny_run(model_dir, total_steps, checkpoint_every, base_lr=0.01):
-    from mgcam_tf.modeling.losses import MGCAMObjective
+    from mgcam_tf.modeling.objective import MGCAMObjective
     from mgcam_tf.training import solver, trainer
 
     rng = np.random.RandomState(0)
