@@ -72,10 +72,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{args.name}.") as tmp:
         tmp = pathlib.Path(tmp) / args.name
         tmp.mkdir()
-        settings = json.loads((pathlib.Path(args.model_dir) / run_dir.CONFIG_FILE)
-                              .read_text()).get("settings", {})
+        stored = json.loads((pathlib.Path(args.model_dir) / run_dir.CONFIG_FILE).read_text())
         run_dir.prepare_model_dir(tmp, run_dir.read_model_config(args.model_dir),
-                                  {"trained_with": args.command, **settings})
+                                  {"trained_with": args.command, **stored.get("settings", {})},
+                                  stored.get("experiment"))
         # Weights only: the network alone in the checkpoint, no optimizer slots.
         run_dir.checkpoint_manager(tmp, model).save(checkpoint_number=1)
         (tmp / presets.PRESET_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

@@ -72,7 +72,8 @@ finished() {  # run folder: its last checkpoint is at the total_steps it was sta
   "$PY" - "$1" <<'PY'
 import json, pathlib, re, sys
 d = pathlib.Path(sys.argv[1])
-total = json.loads((d / "config.json").read_text())["settings"]["total_steps"]
+from mgcam_tf.training.config import run_settings
+total = run_settings(json.loads((d / "config.json").read_text()))["total_steps"]
 state = (d / "checkpoints" / "checkpoint").read_text() if (d / "checkpoints" / "checkpoint").is_file() else ""
 steps = re.findall(r'model_checkpoint_path: "ckpt-(\d+)"', state)
 sys.exit(0 if steps and int(steps[0]) >= total else 1)

@@ -200,8 +200,11 @@ def checks_markdown(runs_dir: str, results: dict, metric: str = "euclidean",
 
 
 def _settings(folder: str) -> dict:
+    """A run's {setting: value}, from either config.json format."""
+    from mgcam_tf.training.config import run_settings
+
     with open(os.path.join(folder, "config.json")) as f:
-        return json.load(f).get("settings", {})
+        return run_settings(json.load(f))
 
 
 def training_times(runs_dir: str, rows=ROWS) -> str:

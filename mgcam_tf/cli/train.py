@@ -184,7 +184,7 @@ def experiment_from_flags():
     overrides = {name: getattr(FLAGS, name) for name in config.all_fields()
                  if name not in _NO_FLAG and getattr(FLAGS, name) is not None}
     if FLAGS.config:
-        base = config.experiment_from_run_file(FLAGS.config)
+        base = experiments.experiment_from_run_file(FLAGS.config)
     else:
         base = experiments.get_experiment(
             FLAGS.experiment or f"paper_stage{overrides.get('stage', '1')}")

@@ -32,9 +32,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 from mgcam_tf.conventions import IMAGE_HEIGHT, IMAGE_WIDTH, RGB_MEAN
 from mgcam_tf.errors import ConfigError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 ERASING_SCOPES = ("image", "image_and_mask")
 # Zhong et al.'s defaults (and torchreid's / fast-reid's).

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 import os
-import pathlib
 import typing
 from typing import Any, Mapping
 
@@ -368,45 +366,6 @@ def _coerce(kind, name: str, value):
 
 
 # -- config.json ------------------------------------------------------------------------
-# Settings that the first config.json format ({"model", "settings"}: the flags of
-# mgcam-train) recorded but that are not part of an experiment.
-_NOT_EXPERIMENT = ("model_dir", "progress", "dry_run", "verbose", "config", "experiment",
-                   "flagfile")
-
-
-def experiment_from_run_file(path: os.PathLike) -> ExperimentConfig:
-    """The experiment a run's config.json trained.
-
-    Files of the earlier format (a flat `settings` object of mgcam-train's
-    flags) are read too: their flags are the fields of today.
-    """
-    path = pathlib.Path(path)
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot read configuration {path}: {err}") from None
-    if not isinstance(stored, dict):
-        raise ConfigError(f"{path}: a configuration must be a JSON object")
-    if "experiment" in stored:
-        return ExperimentConfig.from_dict(stored["experiment"], str(path))
-    if "settings" in stored:
-        return experiment_from_settings(stored["settings"], str(path))
-    # A bare experiment (the sections at the top level), as a user writes one.
-    return ExperimentConfig.from_dict(stored, str(path))
-
-
-def experiment_from_settings(settings: Mapping, source: str) -> ExperimentConfig:
-    """The experiment of a first-format `settings` object (mgcam-train's flags)."""
-    from mgcam_tf.training import experiments  # the paper's stage defaults
-
-    values = {k: v for k, v in settings.items() if k not in _NOT_EXPERIMENT and v is not None}
-    base = experiments.get_experiment(f"paper_stage{values.get('stage', '1')}")
-    try:
-        return base.override(values)
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
-
-
 def run_settings(stored: Mapping) -> dict:
     """{field: value} of a run's config.json contents, either format."""
     if "experiment" in stored:

@@ -18,7 +18,10 @@ line picks it with `--experiment=NAME` and overrides fields with flags.
 
 from __future__ import annotations
 
-from typing import Callable
+import json
+import os
+import pathlib
+from typing import Callable, Mapping
 
 from mgcam_tf.errors import ConfigError
 from mgcam_tf.training.config import ExperimentConfig
@@ -45,6 +48,44 @@ def get_experiment(name: str) -> ExperimentConfig:
 
 def experiment_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+# -- a run's config.json ------------------------------------------------------------------
+# Settings that the first config.json format ({"model", "settings"}: the flags of
+# mgcam-train) recorded but that are not part of an experiment.
+_NOT_EXPERIMENT = ("model_dir", "progress", "dry_run", "verbose", "config", "experiment",
+                   "flagfile")
+
+
+def experiment_from_run_file(path: os.PathLike) -> ExperimentConfig:
+    """The experiment a run's config.json trained.
+
+    Files of the earlier format (a flat `settings` object of mgcam-train's
+    flags) are read too: their flags are the fields of today.
+    """
+    path = pathlib.Path(path)
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read configuration {path}: {err}") from None
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{path}: a configuration must be a JSON object")
+    if "experiment" in stored:
+        return ExperimentConfig.from_dict(stored["experiment"], str(path))
+    if "settings" in stored:
+        return experiment_from_settings(stored["settings"], str(path))
+    # A bare experiment (the sections at the top level), as a user writes one.
+    return ExperimentConfig.from_dict(stored, str(path))
+
+
+def experiment_from_settings(settings: Mapping, source: str) -> ExperimentConfig:
+    """The experiment of a first-format `settings` object (mgcam-train's flags)."""
+    values = {k: v for k, v in settings.items() if k not in _NOT_EXPERIMENT and v is not None}
+    base = get_experiment(f"paper_stage{values.get('stage', '1')}")
+    try:
+        return base.override(values)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 # -- the paper ---------------------------------------------------------------------------

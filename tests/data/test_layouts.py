@@ -349,3 +349,21 @@ def test_unknown_missing_masks_policy(tmp_path):
 def test_split_lengths_checked():
     with pytest.raises(ValueError):
         Split(("a",), (None, None), np.zeros(1, np.int64), np.zeros(1, np.int64))
+
+
+def test_merged_training_folders_share_ids_only_when_they_hold_the_same_files():
+    import numpy as np
+
+    from mgcam_tf.data.layouts import Split, merge_train_splits
+
+    def split(folder, names, pids):
+        return Split(tuple(f"{folder}/{n}" for n in names), (None,) * len(names),
+                     np.asarray(pids, np.int64), np.zeros(len(names), np.int64))
+
+    detected = split("detected", ["a.jpg", "b.jpg", "c.jpg"], [0, 0, 1])
+    labeled = split("labeled", ["c.jpg", "a.jpg", "b.jpg"], [1, 0, 0])   # same files
+    other = split("market", ["x.jpg", "y.jpg"], [0, 1])
+    merged, num_ids = merge_train_splits([detected, labeled, other])
+    assert num_ids == 4
+    assert list(merged.pids) == [0, 0, 1, 1, 0, 0, 2, 3]
+    assert merged.image_paths[3] == "labeled/c.jpg" and len(merged) == 8

@@ -100,3 +100,49 @@ def test_attention_loss_gradient_reaches_the_attention_convolution():
     kernel_grad, bias_grad = tape.gradient(loss, [conv.kernel, conv.bias])
     assert kernel_grad is not None and float(tf.reduce_max(tf.abs(kernel_grad))) > 0
     assert float(tf.abs(bias_grad[0])) > 0
+
+
+def test_label_smoothing_matches_the_smoothed_cross_entropy():
+    pids = np.array([0, 2, 1, 3])
+    logits = [features(4, 5), features(4, 5)]
+    eps = 0.1
+
+    def smoothed(z):
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        target = np.full_like(logp, eps / 5)
+        target[np.arange(4), pids] += 1 - eps
+        return -(target * logp).sum(axis=1).mean()
+
+    expected = sum(smoothed(z) for z in logits)
+    np.testing.assert_allclose(float(losses.identity_loss(pids, logits, eps)), expected,
+                               rtol=1e-5)
+
+
+def test_batch_hard_triplet_matches_a_numpy_reference():
+    h = features(8, 6)
+    pids = np.array([0, 0, 1, 1, 2, 2, 3, 4])          # ids 3 and 4 have no positive
+    dist = np.sqrt(((h[:, None] - h[None]) ** 2).sum(-1))
+    per_anchor = []
+    for a in range(8):
+        pos = [dist[a, p] for p in range(8) if p != a and pids[p] == pids[a]]
+        neg = [dist[a, n] for n in range(8) if pids[n] != pids[a]]
+        if pos and neg:
+            per_anchor.append(max(0.3 + max(pos) - min(neg), 0.0))
+    expected = np.mean(per_anchor)
+    got = float(losses.batch_hard_triplet_loss(h, pids, 0.3))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_objective_adds_the_batch_hard_term():
+    model = build_model(4)
+    outputs = model(np.random.RandomState(1).randn(4, 160, 64, 4).astype("float32"))
+    y = {"pid": np.array([0, 0, 1, 1]), "attention_target": np.zeros((4, 40, 16, 1), "float32")}
+    plain = MGCAMObjective()(y, outputs)
+    recipe = MGCAMObjective(batch_hard_weight=2.0, label_smoothing=0.1)(y, outputs)
+    assert "batch_hard_loss" in recipe and "batch_hard_loss" not in plain
+    np.testing.assert_allclose(
+        float(recipe["total"]),
+        float(recipe["identity_loss"]) + 2.0 * float(recipe["batch_hard_loss"])
+        + 0.01 * float(recipe["triplet_loss"]) + 0.1 * float(recipe["attention_loss"]),
+        rtol=1e-5)

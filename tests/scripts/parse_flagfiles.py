@@ -14,7 +14,7 @@ for path in sys.argv[1:]:
     flags.FLAGS.unparse_flags()
     try:
         flags.FLAGS(["mgcam-train", f"--flagfile={path}"])
-        train.configs_from_flags()
+        train.experiment_from_flags()
         flags.FLAGS.validate_all_flags()
         print(path, "ok" if flags.FLAGS.model_dir else "no --model_dir")
     except Exception as err:  # reported, the test fails on it

@@ -49,8 +49,10 @@ def test_trains_a_few_steps_on_the_builtin_data_and_reports_rank1_and_map(tmp_pa
     assert "Rank-1" in proc.stdout and "mAP" in proc.stdout
     assert (model_dir / "checkpoints" / "checkpoint").is_file()
     # No --mixed_precision: `auto`, what the hardware computes natively, is recorded.
-    settings = json.loads((model_dir / "config.json").read_text())["settings"]
-    assert settings["mixed_precision"] == precision.resolve_precision("auto")
+    recorded = json.loads((model_dir / "config.json").read_text())
+    assert set(recorded) == {"model", "experiment"}       # no progress, dry_run, verbose
+    assert recorded["experiment"]["runtime"]["mixed_precision"] == \
+        precision.resolve_precision("auto")
     # The same command again resumes, finds the run finished, and only evaluates.
     again = mgcam_train(f"--model_dir={model_dir}", "--synthetic_ids=12", "--batch_size=8",
                         "--total_steps=4", "--checkpoint_every=2", "--evaluate=false")
@@ -90,3 +92,48 @@ def test_corrupt_image_found_mid_training_is_one_line_naming_the_file(tmp_path, 
     proc = mgcam_train(f"--model_dir={tmp_path / 'run'}", f"--data_dir={data}",
                        "--batch_size=8", "--total_steps=8", "--checkpoint_every=8")
     assert_one_line_error(proc, "error:", bad.name)
+
+
+def test_all_recipe_options_train_a_few_steps_and_the_config_trains_again(tmp_path):
+    """The end-to-end run of issue 22: every recipe option on at once, a few real steps;
+    then `--config=RUN/config.json` trains the same experiment into a new folder."""
+    model_dir = tmp_path / "recipe"
+    options = ["--sampler=pk", "--pk_k=2", "--optimizer=adamw", "--base_lr=3.5e-4",
+               "--lr_schedule=cosine", "--warmup_steps=2", "--random_erasing=0.5",
+               "--erasing_scope=image_and_mask", "--pad_crop=4", "--color_jitter=0.3",
+               "--hue_jitter=0.1", "--grayscale=0.2", "--label_smoothing=0.1",
+               "--batch_hard_weight=1", "--bnneck", "--ibn_stages=stage1,stage2",
+               "--retrieval_feature=bnneck", "--dropout=0"]
+    proc = mgcam_train(f"--model_dir={model_dir}", "--synthetic_ids=12", "--batch_size=8",
+                       "--total_steps=4", "--checkpoint_every=2", "--eval_batch_size=64",
+                       *options)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trained 4 steps" in proc.stdout and "Rank-1" in proc.stdout
+    experiment = json.loads((model_dir / "config.json").read_text())["experiment"]
+    assert experiment["model"]["ibn_stages"] == ["stage1", "stage2"]
+    assert experiment["augmentation"]["erasing_scope"] == "image_and_mask"
+    assert experiment["optimizer"]["optimizer"] == "adamw"
+    again = mgcam_train(f"--config={model_dir / 'config.json'}",
+                        f"--model_dir={tmp_path / 'again'}", "--evaluate=false")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["experiment"] == \
+        experiment
+
+
+def test_out_of_range_recipe_settings_are_one_line(tmp_path):
+    for flag, fragment in [("--random_erasing=1.5", "--random_erasing"),
+                           ("--label_smoothing=-0.1", "--label_smoothing"),
+                           ("--batch_hard_margin=-1", "--batch_hard_margin"),
+                           ("--warmup_steps=400", "--warmup_steps"),
+                           ("--ibn_stages=stage7", "--ibn_stages"),
+                           (f"--extra_train_dirs={tmp_path}", "listed twice")]:
+        proc = mgcam_train(f"--model_dir={tmp_path / 'run'}", f"--data_dir={tmp_path}",
+                           "--total_steps=300", "--checkpoint_every=50", "--dry_run", flag)
+        assert_one_line_error(proc, fragment)
+
+
+def test_a_misspelt_key_in_a_config_file_is_one_line(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"experiment": {"data": {"batchsize": 8}}}))
+    proc = mgcam_train(f"--config={config}", f"--model_dir={tmp_path / 'run'}", "--dry_run")
+    assert_one_line_error(proc, "batchsize", "batch_size")

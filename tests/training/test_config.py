@@ -1,0 +1,116 @@
+"""The experiment configuration: defaults, overrides, files, named experiments."""
+
+import json
+
+import pytest
+
+from mgcam_tf.errors import ConfigError
+from mgcam_tf.training import config, experiments
+
+
+def test_field_names_are_unique_across_sections():
+    names = config.all_fields()
+    assert len(names) == len(set(names))
+
+
+def test_every_named_experiment_builds_and_round_trips():
+    for name in experiments.experiment_names():
+        experiment = experiments.get_experiment(name)
+        assert config.ExperimentConfig.from_dict(experiment.to_dict()) == experiment, name
+        # A config.json holds exactly to_dict(): JSON and back gives the same experiment.
+        again = config.ExperimentConfig.from_dict(json.loads(json.dumps(experiment.to_dict())))
+        assert again == experiment, name
+
+
+def test_the_paper_stages_are_the_official_solvers():
+    one, two = experiments.get_experiment("paper_stage1"), experiments.get_experiment("paper_stage2")
+    assert (one.schedule.total_steps, one.optimizer.base_lr, one.optimizer.lr_step) == \
+        (75000, 0.01, 15000)
+    assert (two.schedule.total_steps, two.optimizer.base_lr, two.optimizer.lr_step) == \
+        (20000, 0.001, 10000)
+    assert one.objective().siamese_weight == 0 and two.objective().siamese_weight == 0.01
+    # The recipe's options are all off in the paper's experiments.
+    assert not one.augmentation.changes_pixels and not one.model.bnneck
+    assert one.losses.label_smoothing == 0 and one.losses.batch_hard_weight == 0
+
+
+def test_overrides_replace_fields_and_are_checked():
+    experiment = experiments.get_experiment("paper_stage1").override(
+        {"batch_size": 64, "random_erasing": 0.5, "ibn_stages": "stage1,stage2"})
+    assert experiment.data.batch_size == 64 and experiment.augmentation.random_erasing == 0.5
+    assert experiment.model.ibn_stages == ("stage1", "stage2")
+    with pytest.raises(ConfigError, match="random_erasing"):
+        experiment.override({"random_erasing": 2.0})
+    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+        experiment.override({"batchsize": 3})
+
+
+def test_unknown_keys_in_a_file_are_named(tmp_path):
+    good = experiments.get_experiment("demo").to_dict()
+    for bad, fragment in [({**good, "trainer": {}}, "unknown section 'trainer'"),
+                          ({**good, "data": {**good["data"], "batchsize": 8}},
+                           "unknown key data.batchsize"),
+                          ([1, 2], "JSON object")]:
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps({"experiment": bad}))
+        with pytest.raises(ConfigError, match=fragment):
+            experiments.experiment_from_run_file(path)
+
+
+def test_first_format_config_json_still_reads(tmp_path):
+    """config.json of the earlier format: a flat object of mgcam-train's flags."""
+    settings = {"stage": "2", "total_steps": 1000, "base_lr": 0.001, "lr_step": 500,
+                "batch_size": 64, "progress": False, "dry_run": False, "model_dir": "x",
+                "mixed_precision": "mixed_bfloat16", "init_from": "runs/s1"}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model": {}, "settings": settings}))
+    experiment = experiments.experiment_from_run_file(path)
+    assert experiment.schedule.stage == "2" and experiment.schedule.total_steps == 1000
+    assert experiment.runtime.mixed_precision == "mixed_bfloat16"
+    assert config.run_settings({"settings": settings})["total_steps"] == 1000
+    assert config.run_settings({"experiment": experiment.to_dict()})["total_steps"] == 1000
+
+
+def test_committed_records_still_read():
+    """Every run record of docs/results (the first format) reads as an experiment."""
+    import pathlib
+
+    records = sorted(pathlib.Path(__file__).resolve().parents[2].glob(
+        "docs/results/*/*/config.json"))
+    assert records
+    for path in records:
+        experiments.experiment_from_run_file(path)
+
+
+def test_cross_field_rules():
+    base = experiments.get_experiment("paper_stage1")
+    with pytest.raises(ConfigError, match="sampler 'pk'"):
+        base.override({"batch_hard_weight": 1.0})
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        base.override({"warmup_steps": 75000})
+    with pytest.raises(ConfigError, match="listed twice"):
+        base.override({"data_dir": "/a", "extra_train_dirs": ("/b", "/a/")})
+
+
+def test_each_results_flagfile_is_its_named_experiment():
+    """flags/cuhk03_pair1_<row>.flags and the experiment cuhk03_pair1_<row> say the same."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    flagfiles = sorted(str(p) for p in (repo / "flags").glob("cuhk03_pair1_*.flags"))
+    proc = subprocess.run([sys.executable, str(repo / "tests" / "scripts" /
+                                               "flagfile_experiments.py"), *flagfiles],
+                          env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for line in proc.stdout.splitlines():
+        path, text = line.split(" ", 1)
+        name = pathlib.Path(path).stem
+        expected = experiments.get_experiment(name).to_dict()
+        got = json.loads(text)
+        # The flagfiles name a run folder to start from; the experiment leaves it to the user.
+        got["schedule"]["init_from"] = expected["schedule"]["init_from"]
+        assert got == expected, name
