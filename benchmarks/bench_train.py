@@ -16,7 +16,7 @@ of load touches them all alike):
             cannot prefetch during the other contenders' turns.
   baseline  a plain tf.function training step of the same architecture built
             from stock Keras layers (Conv2D, BatchNormalization), float32,
-            on synthetic tensors: where mgcam_tf started (SPEC §9: ~83 images/s
+            on synthetic tensors: where mgcam_tf started (docs/PERFORMANCE.md: ~83 images/s
             on a quiet 2-core machine).
   matmul    a 4096^3 tf.matmul, float32 (and bfloat16, for reference).
   torch     benchmarks/torch_mgcam.py: the same network, losses and solver in
@@ -87,7 +87,7 @@ def forward_flops(num_ids: int) -> float:
 # -- the baseline: stock Keras layers, plain tf.function step --------------------
 
 def baseline_model(num_ids: int) -> keras.Model:
-    """MGCAM from stock Keras layers (SPEC §2), float32."""
+    """MGCAM from stock Keras layers (paper Section 3), float32."""
 
     def bn():
         return layers.BatchNormalization(center=False, scale=False, epsilon=1e-5,

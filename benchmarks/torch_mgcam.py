@@ -1,6 +1,6 @@
 """MGCAM's training step in PyTorch (CPU), the reference of benchmarks/bench_train.py.
 
-The same network as mgcam_tf (SPEC §2): 5x5 stem, four multi-scale context
+The same network as mgcam_tf (paper Section 3, the official prototxt): 5x5 stem, four multi-scale context
 stages (three 3x3 convolutions of 32 filters, dilation 1, 2, 3, each with a
 Caffe BatchNorm without scale/shift, concatenated, ReLU), soft contrastive
 attention, three streams with their own weights, FC 128 - dropout - FC ids.

@@ -1,7 +1,7 @@
 """The package's fixed conventions, in one small module without TensorFlow.
 
-File naming (SPEC §7), the network's input and map sizes and normalisation
-(SPEC §1), and the exported SavedModel's signature, input and output names
+File naming (the data sets' own), the network's input and map sizes and normalisation
+(the official data layer), and the exported SavedModel's signature, input and output names
 (`mgcam_tf.serving.export`). Every other module imports them from here, so
 that a client, a data reader or a test never carries its own copy.
 """

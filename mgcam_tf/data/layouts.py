@@ -1,6 +1,6 @@
 """Readers that turn a data set on disk into a `ReidDataset` of three `Split`s.
 
-Layouts (SPEC §7); every image folder `X` may have a mask folder `X_seg`
+Layouts (as each data set's authors publish it); every image folder `X` may have a mask folder `X_seg`
 beside it holding `NAME.png` for `NAME.jpg` (MARS: `bbox_train_seg/PPPP/NAME.png`):
 
 - "market1501": `bounding_box_train`, `bounding_box_test`, `query`, names
@@ -698,7 +698,7 @@ def load_dataset(data_dir: str, layout: str = "auto",
     for split in ("query", "gallery"):
         if not splits[split].image_paths:
             raise DataError(f"{root}: the {split} split is empty")
-    # Junk and distractors are never queries (SPEC §5).
+    # Junk and distractors are never queries (the Market-1501 evaluation code, `evaluation.m`).
     query_recs = splits["query"]
     query_recs = query_recs.select([i for i, p in enumerate(query_recs.pids) if p > 0])
     if not query_recs.image_paths:

@@ -451,7 +451,7 @@ def pair_dataset(split: Split, pairs_per_batch: int, *, positive_fraction: float
     Args:
       split: the training split.
       pairs_per_batch: P; batches hold B = 2P samples.
-      positive_fraction: 0..1, the least fraction of positive pairs (SPEC §4:
+      positive_fraction: 0..1, the least fraction of positive pairs (paper Section 4.1:
         at least 30 %).
       seed: makes the batches and flips repeatable.
       mirror: random horizontal mirror per sample, p = 0.5.

@@ -1,4 +1,4 @@
-"""The one preprocessing function of MGCAM (SPEC §1) and the image/mask decoders.
+"""The one preprocessing function of MGCAM (the official Python data layer, `MGCAM_DataLayer`) and the image/mask decoders.
 
 `preprocess` serves training (tf.data), evaluation and the exported
 SavedModel, so it is written in plain TF ops only: it runs eagerly, inside a
@@ -85,7 +85,7 @@ def _mirror_packed(rgbm_u8: tf.Tensor, mirror: MirrorLike) -> tf.Tensor:
 
 def preprocess(image: tf.Tensor, mask: tf.Tensor,
                mirror: MirrorLike = False) -> dict[str, tf.Tensor]:
-    """RGB-M network input and attention target of SPEC §1.
+    """RGB-M network input and attention target of the official data layer.
 
     Args:
       image: uint8 [..., H, W, 3] RGB, rank 3 or 4, any H, W.

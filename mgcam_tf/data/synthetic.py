@@ -28,7 +28,7 @@ What it models, and why:
   carried bag, as a person segmentation model would), 0 = background,
   255 = body.
 
-Layout written (Market-1501, SPEC section 7):
+Layout written (Market-1501, as its authors publish it):
 `ROOT/bounding_box_train/PPPP_cCsS_FFFFFF_KK.jpg`, `bounding_box_test/`,
 `query/`, and the masks `bounding_box_train_seg/NAME.png`,
 `bounding_box_test_seg/`, `query_seg/`. In a name, `PPPP` is the person id

@@ -1,2 +1,2 @@
-"""The network: MSCAN/MGCAM layers, the MGCAM and MSCAN-body models, the four losses (SPEC §2-3).
+"""The network: MSCAN/MGCAM layers, the MGCAM and MSCAN-body models, the four losses (paper Section 3, eq. 5-8).
 """

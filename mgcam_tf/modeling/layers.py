@@ -1,4 +1,4 @@
-"""The building blocks of MSCAN and MGCAM (SPEC §2), as serialisable Keras layers."""
+"""The building blocks of MSCAN and MGCAM (paper Section 3 and Figure 2; the official `MGCAM_train.prototxt`), as serialisable Keras layers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from keras import layers, ops
 
 from mgcam_tf import hardware
 
-# SPEC §2: Xavier-initialised weights, zero biases, everywhere. Caffe's
+# The official prototxt: Xavier-initialised weights, zero biases, everywhere. Caffe's
 # `xavier` filler defaults to variance_norm FAN_IN: uniform in
 # +-sqrt(3 / fan_in), which is Keras' lecun_uniform (glorot_uniform averages
 # fan-in and fan-out: 1.9x smaller limits for the 96->32 convolutions).

@@ -1,4 +1,4 @@
-"""The four MGCAM losses (paper eq. 5-8, SPEC §3), as pure functions of tensors.
+"""The four MGCAM losses (paper eq. 5-8), as pure functions of tensors.
 
 Each returns a scalar averaged over the examples it is given (the local
 batch, under a distribution strategy): dividing by the replica count is the

@@ -68,7 +68,7 @@ def _check_recipe_options(bnneck: bool, ibn_stages, retrieval_feature: str,
 
 @keras.saving.register_keras_serializable(package="mgcam_tf")
 class MGCAM(keras.Model):
-    """Mask-guided Contrastive Attention Model (SPEC §2).
+    """Mask-guided Contrastive Attention Model (paper Section 3, Figure 2).
 
     Input: RGB-M [B, 160, 64, 4] (or the dict {"rgbm": ...} of the pipeline).
     Output dict: `h_full`, `h_body`, `h_bgd` [B, feature_dim]; `logits_full`,

@@ -1,4 +1,4 @@
-"""preprocess() against hand-computed numpy (SPEC §1) and the decoders."""
+"""preprocess() against hand-computed numpy (the official data layer) and the decoders."""
 
 import numpy as np
 import pytest
@@ -15,7 +15,7 @@ def _random_inputs(rng, batch=None, height=160, width=64):
 
 
 def _numpy_reference(image, mask):
-    """SPEC §1 by hand for 160x64 inputs (no resize needed)."""
+    """The official data layer's recipe by hand for 160x64 inputs (no resize needed)."""
     img = image.astype(np.float64)
     rgb = np.stack([(img[..., 0] - 122.675) / 256, (img[..., 1] - 116.669) / 256,
                     (img[..., 2] - 104.008) / 256], axis=-1)

@@ -1,4 +1,4 @@
-"""mgcam_tf.modeling.models: every tensor shape of SPEC §2, the ablations, and one train step each."""
+"""mgcam_tf.modeling.models: every tensor shape of the official prototxt, the ablations, and one train step each."""
 
 import keras
 import numpy as np
