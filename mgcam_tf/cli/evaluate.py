@@ -6,14 +6,21 @@
 
 Features come from a trained model directory, an exported SavedModel, or an
 .npz file with query_features, query_pids, query_camids, gallery_features,
-gallery_pids, gallery_camids (and train_features, train_pids for XQDA/KISSME;
-query_paths, gallery_paths for --ranked_png). --save_features writes such a
+gallery_pids, gallery_camids (and train_features, train_pids for XQDA/KISSME,
+train_camids for their --pairs=cross_camera; query_paths, gallery_paths for
+--ranked_png; mgcam_tf/evaluation/feature_file.py). --save_features writes such a
 file from a model run, so that other metrics can be tried without the network;
 it records the model's fingerprint (key model_fingerprint). --features with
 --saved_model, --model_dir or --preset evaluates the file only if it holds
 that model's features (refused, naming both fingerprints, otherwise):
 
   mgcam-eval --features=features.npz --saved_model=export/mgcam --metric=euclidean
+
+The published pipelines' conventions (training pairs, XQDA.m's form,
+normalisation, re-ranking's rounding, queries without a match, CUHK03's
+classic protocol) are flags; docs/EVALUATION.md says which reproduce which code:
+
+  mgcam-eval --features=features.npz --metric=xqda --pairs=cross_camera --xqda_form=official
 
 Cross-domain: a target set may be test-only (query/ and bounding_box_test/,
 no training folder); XQDA/KISSME then learn on --train_data_dir's training
