@@ -15,7 +15,7 @@ from mgcam_tf.evaluation import cuhk03_classic, distances, evaluator, large_scal
 from mgcam_tf.evaluation import rerank as rr
 from mgcam_tf.evaluation.features import SplitFeatures
 
-from .test_evaluate_cli import make_npz, run_cli
+from .test_evaluate_cli import make_npz, run_cli, untrained  # noqa: F401 (a fixture)
 
 
 def market_like(seed, nq=30, ng=160, ids=25, dim=12, cams=4):
@@ -399,3 +399,26 @@ def test_cli_official_pipelines_and_minp(tmp_path):
     out = run_cli(f"--features={tmp_path / 'g.npz'}", "--metric=kissme", "--pairs=cross_camera")
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
     assert "missing key 'train_camids'" in out.stderr
+
+
+def test_saved_features_carry_train_camids(untrained):
+    """A model run writes train_camids beside the training features, and the file then
+    evaluates the cross-camera pipeline to the same figures as the model run."""
+    from mgcam_tf.data import layouts
+
+    root = untrained["root"]
+    flags = ["--metric=xqda", "--pairs=cross_camera", "--xqda_form=official"]
+    out = run_cli(f"--model_dir={root / 'run'}", f"--data_dir={untrained['data_dir']}",
+                  "--batch_size=16", *flags, f"--save_features={root / 'cc.npz'}",
+                  f"--json_out={root / 'cc.json'}")
+    assert out.returncode == 0, out.stderr
+    saved = np.load(root / "cc.npz")
+    train = layouts.load_dataset(str(untrained["data_dir"])).train
+    np.testing.assert_array_equal(saved["train_camids"], train.camids)
+    assert np.unique(saved["train_camids"]).size > 1
+    again = run_cli(f"--features={root / 'cc.npz'}", *flags, f"--json_out={root / 'cc2.json'}")
+    assert again.returncode == 0, again.stderr
+    first = json.loads((root / "cc.json").read_text())
+    second = json.loads((root / "cc2.json").read_text())
+    assert (first["rank1"], first["mAP"], first["mINP"]) == (
+        second["rank1"], second["mAP"], second["mINP"])
