@@ -117,8 +117,10 @@ def load_npz(path: str, need_train: bool, need_paths: bool) -> dict:
     from mgcam_tf.evaluation import feature_file
 
     return feature_file.read(
-        path, label=f"--features={path}", need_camids=FLAGS.pairs == "cross_camera",
-        need_paths=need_paths,
+        path, label=f"--features={path}", need_paths=need_paths,
+        camids_needed_by=("--pairs=cross_camera (the training images' cameras); write the "
+                          "file again with --save_features, or use --pairs=all")
+        if FLAGS.pairs == "cross_camera" else "",
         train_needed_by=(f"--metric={FLAGS.metric} (learned on training features); add it "
                          "or use --metric=euclidean") if need_train else "")
 

@@ -27,14 +27,15 @@ FINGERPRINT_KEY = "model_fingerprint"
 
 
 def read(path: str, *, label: str | None = None, train_needed_by: str = "",
-         need_camids: bool = False, need_paths: bool = False) -> dict:
+         camids_needed_by: str = "", need_paths: bool = False) -> dict:
     """The arrays of a features file, checked.
 
     Args:
       label: how messages name the file (default: the path).
       train_needed_by: when not empty, the train keys are required, and a
         missing one's message says this needs them.
-      need_camids: train_camids required too (cross-camera pairs).
+      camids_needed_by: with train_needed_by, when not empty, train_camids is
+        required too (cross-camera pairs), and its message says what needs it.
       need_paths: query_paths and gallery_paths required.
     Raises:
       ConfigError: a missing file or key; DataError: not a readable .npz.
@@ -56,9 +57,12 @@ def read(path: str, *, label: str | None = None, train_needed_by: str = "",
         if key not in data:
             raise ConfigError(f"{label}: missing key {key!r}")
     if train_needed_by:
-        for key in TRAIN_KEYS + (("train_camids",) if need_camids else ()):
+        for key in TRAIN_KEYS:
             if key not in data:
                 raise ConfigError(f"{label}: missing key {key!r}, needed by {train_needed_by}")
+        if camids_needed_by and "train_camids" not in data:
+            raise ConfigError(f"{label}: missing key 'train_camids', needed by "
+                              f"{camids_needed_by}")
     if need_paths:
         for key in ("query_paths", "gallery_paths"):
             if key not in data:
