@@ -191,7 +191,8 @@ def _pair_sums(x: np.ndarray, pids: np.ndarray, camids: np.ndarray | None, pairs
     """(intra_sum, n_intra, extra_sum, n_extra) over the pairs of `pairs` (module doc)."""
     n = x.shape[0]
     same_id, n_id = _grouped_pair_sums(x, pids)
-    everything, n_all = _grouped_pair_sums(x, np.zeros(n, np.int64))
+    total = x.sum(axis=0)
+    everything, n_all = 2.0 * n * (x.T @ x) - 2.0 * np.outer(total, total), float(n * (n - 1))
     if pairs == "all":
         return same_id, n_id, everything - same_id, n_all - n_id
     # Pairs of two cameras = all pairs less those within a camera (inclusion-exclusion).
