@@ -31,6 +31,11 @@ from mgcam_tf.evaluation import metrics
 DEFAULT_TRIALS = 10   # torchreid's num_repeats
 
 
+def check_trials(trials: int) -> None:
+    if trials < 1:
+        raise ConfigError(f"trials must be >= 1, got {trials}")
+
+
 def evaluate(distmat: np.ndarray, query_pids: np.ndarray, query_camids: np.ndarray,
              gallery_pids: np.ndarray, gallery_camids: np.ndarray, *, ap: str = "official",
              max_rank: int = 50, trials: int = DEFAULT_TRIALS, seed: int = 0,
@@ -45,8 +50,7 @@ def evaluate(distmat: np.ndarray, query_pids: np.ndarray, query_camids: np.ndarr
       `metrics.EvalResult` whose `cmc` is the classic protocol's; `ap`, `inp`,
       `first_match` are the whole gallery's.
     """
-    if trials < 1:
-        raise ConfigError(f"trials must be >= 1, got {trials}")
+    check_trials(trials)
     whole = metrics.evaluate(distmat, query_pids, query_camids, gallery_pids, gallery_camids,
                              ap=ap, max_rank=max_rank, no_match=no_match)
     distmat, qp, qc, gp, gc = metrics._check_inputs(distmat, query_pids, query_camids,

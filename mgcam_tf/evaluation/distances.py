@@ -148,14 +148,17 @@ class Metric:
         return out
 
 
-def _check_pair_rule(pairs: str) -> None:
+def check_learning_options(pairs: str = "all", xqda_form: str = "paper") -> None:
+    """ConfigError naming the choices for an unknown pair rule or XQDA form."""
     if pairs not in PAIR_RULES:
         raise ConfigError(f"pairs must be one of {PAIR_RULES}, got {pairs!r}")
+    if xqda_form not in XQDA_FORMS:
+        raise ConfigError(f"xqda_form must be one of {XQDA_FORMS}, got {xqda_form!r}")
 
 
 def _training_set(features, pids, camids, pairs: str):
     """Checked (x float64 [N, D], pids int64 [N], camids int64 [N] or None)."""
-    _check_pair_rule(pairs)
+    check_learning_options(pairs)
     x = feature_matrix("train_features", features)
     pids = np.asarray(pids)
     if pids.shape != (x.shape[0],):
@@ -275,8 +278,7 @@ def learn_xqda(features: np.ndarray, pids: np.ndarray, camids: np.ndarray | None
     """
     if ridge < 0:
         raise ConfigError(f"xqda ridge must be >= 0, got {ridge}")
-    if form not in XQDA_FORMS:
-        raise ConfigError(f"xqda form must be one of {XQDA_FORMS}, got {form!r}")
+    check_learning_options(pairs, form)
     intra, extra = pair_covariances(features, pids, camids, pairs=pairs)
     if form == "official":
         return _xqda_official(feature_matrix("train_features", features), intra, extra,
@@ -359,9 +361,7 @@ def make_metric(name: str, train_features: np.ndarray | None = None,
     (pairs, xqda_form, seed: module doc)."""
     if name not in BASE_METRICS:
         raise ConfigError(f"base metric must be one of {BASE_METRICS}, got {name!r}")
-    _check_pair_rule(pairs)
-    if xqda_form not in XQDA_FORMS:
-        raise ConfigError(f"xqda_form must be one of {XQDA_FORMS}, got {xqda_form!r}")
+    check_learning_options(pairs, xqda_form)
     if name in LEARNED:
         if train_features is None or train_pids is None:
             raise ConfigError(f"metric {name!r} is learned: it needs train_features and train_pids")

@@ -95,15 +95,10 @@ class ReidEvaluator:
             raise ConfigError(f"ap must be one of {metrics.AP_MODES}, got {ap!r}")
         if protocol not in PROTOCOLS:
             raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-        if pairs not in distances.PAIR_RULES:
-            raise ConfigError(f"pairs must be one of {distances.PAIR_RULES}, got {pairs!r}")
-        if xqda_form not in distances.XQDA_FORMS:
-            raise ConfigError(f"xqda_form must be one of {distances.XQDA_FORMS}, "
-                              f"got {xqda_form!r}")
+        distances.check_learning_options(pairs, xqda_form)
         rerank.half_size(k1, half_rounding)
         metrics.check_no_match(no_match)
-        if trials < 1:
-            raise ConfigError(f"trials must be >= 1, got {trials}")
+        cuhk03_classic.check_trials(trials)
         self.metric, self.ap, self.protocol = metric, ap, protocol
         self.rerank_args = dict(k1=k1, k2=k2, lambda_value=lambda_value,
                                 half_rounding=half_rounding)
