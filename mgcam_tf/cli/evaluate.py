@@ -86,7 +86,7 @@ flags.DEFINE_enum("pairs", "all", list(distances.PAIR_RULES),
                   "LOMO+XQDA demo and the KISSME toolbox; KISSME then samples as many "
                   "dissimilar pairs as similar ones (--seed).")
 flags.DEFINE_enum("xqda_form", "paper", list(distances.XQDA_FORMS),
-                  "paper: XQDA's generalised eigenproblem (Liao et al. 2015, eq. 10-12); "
+                  "paper: XQDA's generalised eigenproblem (Liao et al., CVPR 2015); "
                   "official: Liao's XQDA.m (QR, SVD of inv(Sigma_I) Sigma_E, M unclipped).")
 flags.DEFINE_bool("normalize", False, "L2-normalise every feature (train too) before the "
                   "metric, as Zhong et al.'s evaluation scripts do.")

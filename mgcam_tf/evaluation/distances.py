@@ -39,7 +39,7 @@ XQDA's subspace (`xqda_form=`, `XQDA_FORMS`), both with
 Sigma_I += lambda I (lambda = 0.001):
 
 - ``"paper"`` (default): W = generalised eigenvectors of (Sigma_E, Sigma_I)
-  with eigenvalue > 1 (the paper's eq. 10-12; an error when there is none).
+  with eigenvalue > 1 (the paper's criterion; an error when there is none).
 - ``"official"``: Liao's `XQDA.m`: when the dimension exceeds the number of
   training samples, first a QR decomposition of the training features (the
   same metric in the span of the data, fewer dimensions); then
@@ -51,7 +51,7 @@ Then M = W (W^T Sigma_I W)^-1 W^T - W (W^T Sigma_E W)^-1 W^T; the paper form
 clips the subspace M to its PSD part.
 
 - KISSME: M = Sigma_S^-1 - Sigma_D^-1, projected onto the PSD cone (negative
-  eigenvalues clipped), as the toolbox's `validateCovMatrix` does.
+  eigenvalues clipped), as the authors' code does.
 
 An indefinite M (official XQDA) is kept as a positive and a negative factor
 (`Metric.negative`); `Metric.embed`, which re-ranking needs, gives only the

@@ -16,7 +16,7 @@ on tracklet features, MARS):
   over every query: such a query is a miss at every rank with AP 0 (and INP 0).
 
 mINP (Ye et al., "Deep Learning for Person Re-identification: A Survey and
-Outlook", TPAMI 2021, eq. 5; fast-reid's `evaluate_rank`): a query's INP is
+Outlook", TPAMI 2021; fast-reid's `evaluate_rank`): a query's INP is
 (number of good matches) / (1-based position of its last good match among
 non-junk items); mINP is their mean over the queries.
 
