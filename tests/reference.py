@@ -49,7 +49,7 @@ def evaluate_loop(distmat: np.ndarray, query_pids: np.ndarray, query_camids: np.
 
 
 def rerank_dense(original_dist: np.ndarray, num_query: int, *, k1: int = 20, k2: int = 6,
-                 lambda_value: float = 0.3) -> np.ndarray:
+                 lambda_value: float = 0.3, half: int | None = None) -> np.ndarray:
     """Zhong et al.'s dense algorithm, written plainly (reference and baseline).
 
     O(N^2) memory (about 12 GB at Market-1501 scale) and per-item Python loops.
@@ -58,6 +58,7 @@ def rerank_dense(original_dist: np.ndarray, num_query: int, *, k1: int = 20, k2:
       original_dist: float [N, N] distances of all items, queries first
         (squared Euclidean to match `rerank`).
       num_query: Q, the number of leading rows that are queries.
+      half: the half-size sets' k (default int(np.around(k1 / 2)), re_ranking.py's).
     Returns:
       float32 [Q, N - Q] final distances.
     """
@@ -68,7 +69,7 @@ def rerank_dense(original_dist: np.ndarray, num_query: int, *, k1: int = 20, k2:
     n = dist.shape[0]
     v = np.zeros_like(dist, dtype=np.float32)
     initial_rank = np.argsort(dist, axis=1, kind="stable").astype(np.int32)
-    kh = int(np.around(k1 / 2.0))
+    kh = int(np.around(k1 / 2.0)) if half is None else half
     for i in range(n):
         forward = initial_rank[i, :k1 + 1]
         backward = initial_rank[forward, :k1 + 1]

@@ -6,14 +6,21 @@
 
 Features come from a trained model directory, an exported SavedModel, or an
 .npz file with query_features, query_pids, query_camids, gallery_features,
-gallery_pids, gallery_camids (and train_features, train_pids for XQDA/KISSME;
-query_paths, gallery_paths for --ranked_png). --save_features writes such a
+gallery_pids, gallery_camids (and train_features, train_pids for XQDA/KISSME,
+train_camids for their --pairs=cross_camera; query_paths, gallery_paths for
+--ranked_png; mgcam_tf/evaluation/feature_file.py). --save_features writes such a
 file from a model run, so that other metrics can be tried without the network;
 it records the model's fingerprint (key model_fingerprint). --features with
 --saved_model, --model_dir or --preset evaluates the file only if it holds
 that model's features (refused, naming both fingerprints, otherwise):
 
   mgcam-eval --features=features.npz --saved_model=export/mgcam --metric=euclidean
+
+The published pipelines' conventions (training pairs, XQDA.m's form,
+normalisation, re-ranking's rounding, queries without a match, CUHK03's
+classic protocol) are flags; docs/EVALUATION.md says which reproduce which code:
+
+  mgcam-eval --features=features.npz --metric=xqda --pairs=cross_camera --xqda_form=official
 
 Cross-domain: a target set may be test-only (query/ and bounding_box_test/,
 no training folder); XQDA/KISSME then learn on --train_data_dir's training
@@ -25,22 +32,18 @@ split. Several targets in one run give one table (a row per set):
 
 from __future__ import annotations
 
-import io
 import os
 import time
 
 from absl import app, flags
 
+from mgcam_tf import atomic_files
 from mgcam_tf.cli.common import (ProgressBar, check_numbers, define_preset_flag,
                                  model_dir_or_preset, run_tool)
-from mgcam_tf import atomic_files
+from mgcam_tf.data import layouts
+from mgcam_tf.evaluation import distances, evaluator, metrics, rerank
 
 FLAGS = flags.FLAGS
-
-METRIC_CHOICES = ["euclidean", "cosine", "xqda", "kissme", "rerank", "euclidean+rerank",
-                  "cosine+rerank", "xqda+rerank", "kissme+rerank"]
-NPZ_REQUIRED = ("query_features", "query_pids", "query_camids",
-                "gallery_features", "gallery_pids", "gallery_camids")
 
 # -- where the features come from ------------------------------------------------
 flags.DEFINE_string("features", "", "An .npz of precomputed features (keys in the module doc).")
@@ -52,9 +55,7 @@ flags.DEFINE_multi_string("data_dir", [], "Target data set folder(s), with --mod
                           "(one table). A test-only set (query/ and bounding_box_test/) works.")
 flags.DEFINE_string("train_data_dir", "", "Data set whose training split XQDA/KISSME learn on "
                     "(default: each target's own; required for a test-only target).")
-flags.DEFINE_enum("layout", "auto", ["auto", "market1501", "dukemtmc", "cuhk03",
-                                     "cuhk03_labeled", "cuhk03_detected", "mars",
-                                     "folders", "manifest"], "Layout of --data_dir.")
+flags.DEFINE_enum("layout", "auto", list(layouts.layout_names()), "Layout of --data_dir.")
 flags.DEFINE_enum("missing_masks", "error", ["error", "generate", "full_body", "skip"],
                   "What to do with images that have no mask.")
 flags.DEFINE_integer("batch_size", 256, "Images per forward pass.")
@@ -63,7 +64,7 @@ flags.DEFINE_bool("flip_average", False, "Average the features of each image and
 flags.DEFINE_string("save_features", "", "Write the extracted features to this .npz.")
 # -- distance and protocol ------------------------------------------------------------
 flags.DEFINE_string("metric", "xqda+rerank",
-                    "Distance on h_full: " + ", ".join(METRIC_CHOICES) + ". xqda/kissme are "
+                    "Distance on h_full: " + ", ".join(distances.METRICS) + ". xqda/kissme are "
                     "learned on the training features; 'rerank' is Euclidean + k-reciprocal "
                     "re-ranking; the paper's default is xqda+rerank.")
 flags.DEFINE_integer("k1", 20, "Re-ranking k1.")
@@ -72,57 +73,56 @@ flags.DEFINE_float("lambda_value", 0.3, "Re-ranking lambda (weight of the origin
 flags.DEFINE_string("ap", "official",
                     "official: Market-1501 MATLAB scorer (trapezoid between recall steps); "
                     "step: non-interpolated AP of most Python toolkits.")
-flags.DEFINE_enum("protocol", "single_query", ["single_query", "all_queries"],
+flags.DEFINE_enum("protocol", "single_query", list(evaluator.PROTOCOLS),
                   "single_query: the data set's query/gallery split; all_queries: every "
                   "test image (query and gallery) in turn the query against the other "
-                  "cameras' images (975 queries on CUHK03 pair 1 instead of 200).")
+                  "cameras' images (975 queries on CUHK03 pair 1 instead of 200); "
+                  "cuhk03_classic: CMC averaged over --trials galleries of one random image "
+                  "per identity (torchreid's eval_cuhk03).")
+# -- the published pipelines' conventions (docs/EVALUATION.md) -------------------------
+flags.DEFINE_enum("pairs", "all", list(distances.PAIR_RULES),
+                  "Training pairs of xqda/kissme. all: every pair of training images; "
+                  "cross_camera: pairs of two cameras (uses train_camids), as Liao's "
+                  "LOMO+XQDA demo and the KISSME toolbox; KISSME then samples as many "
+                  "dissimilar pairs as similar ones (--seed).")
+flags.DEFINE_enum("xqda_form", "paper", list(distances.XQDA_FORMS),
+                  "paper: XQDA's generalised eigenproblem (Liao et al., CVPR 2015); "
+                  "official: Liao's XQDA.m (QR, SVD of inv(Sigma_I) Sigma_E, M unclipped).")
+flags.DEFINE_bool("normalize", False, "L2-normalise every feature (train too) before the "
+                  "metric, as Zhong et al.'s evaluation scripts do.")
+flags.DEFINE_enum("rerank_rounding", "python", list(rerank.HALF_ROUNDINGS),
+                  "Re-ranking's k1/2: python = int(np.around(k1/2)) (re_ranking.py, half to "
+                  "even); matlab = round(k1/2) (half away from zero); floor = fix(k1/2).")
+flags.DEFINE_enum("no_match", "exclude", list(metrics.NO_MATCH_RULES),
+                  "Queries without a valid gallery match. exclude: left out (Python "
+                  "toolkits); count: a miss with AP 0 (Market-1501's evaluation.m).")
+flags.DEFINE_integer("trials", 10, "Galleries drawn per query by --protocol=cuhk03_classic "
+                     "(torchreid: 10).")
+flags.DEFINE_integer("seed", 0, "Seed of KISSME's sampled pairs and of cuhk03_classic's draws.")
 # -- outputs ---------------------------------------------------------------------------
 flags.DEFINE_string("json_out", "", "Write rank1/5/10/20 and mAP (fractions) and the settings here.")
 flags.DEFINE_string("cmc_png", "", "Write the CMC curve (ranks 1-50) to this PNG.")
 flags.DEFINE_string("ranked_png", "", "Write the ranked lists of --ranked_queries queries "
                     "(top 10, green = match, red = miss) to this PNG.")
 flags.DEFINE_integer("ranked_queries", 8, "Queries shown in --ranked_png.")
-flags.DEFINE_bool("per_query", False, "Add each query's AP and first-match position to "
+flags.DEFINE_bool("per_query", False, "Add each query's AP, first-match position and INP to "
                   "--json_out (for paired bootstrap intervals, tools/bootstrap.py).")
 flags.DEFINE_bool("progress", True, "Progress lines on stderr.")
-check_numbers("batch_size", "k1", "k2", "ranked_queries", low=1)
+check_numbers("batch_size", "k1", "k2", "ranked_queries", "trials", low=1)
 check_numbers("lambda_value", low=0, high=1)
 
 
 def load_npz(path: str, need_train: bool, need_paths: bool) -> dict:
     """The arrays of a features .npz, checked; ConfigError names a missing key."""
-    import numpy as np
+    from mgcam_tf.evaluation import feature_file
 
-    from mgcam_tf.errors import ConfigError, DataError
-
-    import zipfile
-
-    if not os.path.isfile(path):
-        raise ConfigError(f"--features={path}: file not found")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError("a single array, not an .npz of named arrays")
-        with loaded as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        why = str(err) or type(err).__name__
-        raise DataError(f"--features={path}: not a readable .npz, truncated or another "
-                        f"format ({why})") from None
-    for key in NPZ_REQUIRED:
-        if key not in data:
-            raise ConfigError(f"--features={path}: missing key {key!r}")
-    if need_train:
-        for key in ("train_features", "train_pids"):
-            if key not in data:
-                raise ConfigError(f"--features={path}: missing key {key!r}, needed by "
-                                  f"--metric={FLAGS.metric} (learned on training features); "
-                                  "add it or use --metric=euclidean")
-    if need_paths:
-        for key in ("query_paths", "gallery_paths"):
-            if key not in data:
-                raise ConfigError(f"--features={path}: missing key {key!r}, needed by --ranked_png")
-    return data
+    return feature_file.read(
+        path, label=f"--features={path}", need_paths=need_paths,
+        camids_needed_by=("--pairs=cross_camera (the training images' cameras); write the "
+                          "file again with --save_features, or use --pairs=all")
+        if FLAGS.pairs == "cross_camera" else "",
+        train_needed_by=(f"--metric={FLAGS.metric} (learned on training features); add it "
+                         "or use --metric=euclidean") if need_train else "")
 
 
 def target_dirs() -> list[str]:
@@ -130,7 +130,7 @@ def target_dirs() -> list[str]:
     return [d.strip() for value in FLAGS.data_dir for d in value.split(",") if d.strip()]
 
 
-FINGERPRINT_KEY = "model_fingerprint"
+FINGERPRINT_KEY = "model_fingerprint"   # feature_file.FINGERPRINT_KEY, without its imports
 
 
 def _source_fingerprint() -> tuple[str, str]:
@@ -176,16 +176,15 @@ def _load_model():
 
 
 def _split_arrays(model, name: str, split, label: str = "") -> dict:
-    import numpy as np
-
+    """The features file's keys of one split (train_camids included for train)."""
+    from mgcam_tf.evaluation import feature_file
     from mgcam_tf.evaluation import features as feat_lib
 
     out = feat_lib.split_features(model, split, batch_size=FLAGS.batch_size,
                                   flip_average=FLAGS.flip_average,
                                   progress=ProgressBar(f"{label}{name} features",
                                                        enabled=FLAGS.progress))
-    return {f"{name}_features": out.features, f"{name}_pids": out.pids,
-            f"{name}_camids": out.camids, f"{name}_paths": np.array(out.paths, dtype=str)}
+    return feature_file.arrays_of(name, out)
 
 
 def _model_features(model, data_dir: str, need_train: bool, train_data: dict | None,
@@ -195,8 +194,6 @@ def _model_features(model, data_dir: str, need_train: bool, train_data: dict | N
     train_data: the training features of --train_data_dir, extracted once for
     every target; None: the target's own training split.
     """
-    from mgcam_tf.data import layouts
-
     dataset = layouts.load_dataset(data_dir, layout=FLAGS.layout,
                                    missing_masks=FLAGS.missing_masks)
     data = {}
@@ -213,8 +210,6 @@ def _model_features(model, data_dir: str, need_train: bool, train_data: dict | N
 
 def _train_features(model) -> dict | None:
     """--train_data_dir's training features, or None when it is not given."""
-    from mgcam_tf.data import layouts
-
     if not FLAGS.train_data_dir:
         return None
     dataset = layouts.load_dataset(FLAGS.train_data_dir, layout="auto",
@@ -223,22 +218,13 @@ def _train_features(model) -> dict | None:
         f"--train_data_dir={FLAGS.train_data_dir}"), "source ")
 
 
-def _save_npz(path: str, data: dict) -> None:
-    import numpy as np
-
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **{k: v for k, v in data.items() if isinstance(v, np.ndarray)})
-    atomic_files.write_bytes(path, buffer.getvalue())
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     import numpy as np
 
     from mgcam_tf.errors import ConfigError
-    from mgcam_tf.evaluation import distances, evaluator, metrics, reports
+    from mgcam_tf.evaluation import feature_file, reports
 
     sources = [s for s in ("features", "model_dir", "saved_model", "preset") if getattr(FLAGS, s)]
     models_given = [s for s in sources if s != "features"]
@@ -271,11 +257,15 @@ def main(argv):
     if FLAGS.ranked_png and FLAGS.protocol != "single_query":
         raise ConfigError("--ranked_png shows the single_query protocol's lists; "
                           "drop it or use --protocol=single_query")
-    judge = evaluator.ReidEvaluator(FLAGS.metric, FLAGS.ap, FLAGS.protocol, k1=FLAGS.k1,
-                                    k2=FLAGS.k2, lambda_value=FLAGS.lambda_value)
+    judge = evaluator.ReidEvaluator(
+        FLAGS.metric, FLAGS.ap, FLAGS.protocol, k1=FLAGS.k1, k2=FLAGS.k2,
+        lambda_value=FLAGS.lambda_value, pairs=FLAGS.pairs, xqda_form=FLAGS.xqda_form,
+        normalize=FLAGS.normalize, half_rounding=FLAGS.rerank_rounding,
+        no_match=FLAGS.no_match, seed=FLAGS.seed, trials=FLAGS.trials)
     settings = {"metric": FLAGS.metric, "ap": FLAGS.ap, "protocol": FLAGS.protocol}
     if use_rerank:
         settings.update(k1=FLAGS.k1, k2=FLAGS.k2, lambda_value=FLAGS.lambda_value)
+    settings.update(_convention_settings(need_train, use_rerank))
     if not FLAGS.features:
         settings["flip_average"] = FLAGS.flip_average
     if need_train and FLAGS.train_data_dir:
@@ -302,11 +292,11 @@ def main(argv):
             data[FINGERPRINT_KEY] = np.array(fingerprint)
             runs.append((target, data, source))
         if FLAGS.save_features:
-            _save_npz(FLAGS.save_features, runs[0][1])
+            feature_file.write(FLAGS.save_features, runs[0][1])
 
     rows, payloads, curves = [], {}, {}
     for target, data, source in runs:
-        query, gallery, train = _split_features(data)
+        query, gallery, train = feature_file.splits(data)
         t0 = time.perf_counter()
         result = judge.evaluate(query, gallery, train, progress=ProgressBar(
             "re-ranking", enabled=FLAGS.progress and use_rerank)).result
@@ -319,14 +309,17 @@ def main(argv):
                        distance_seconds=round(t_dist, 3), settings={**settings, **source})
         if FLAGS.per_query:
             payload["per_query"] = {"ap": [None if np.isnan(a) else float(a) for a in result.ap],
-                                    "first_match": result.first_match.tolist()}
+                                    "first_match": result.first_match.tolist(),
+                                    "inp": [None if np.isnan(a) else float(a)
+                                            for a in result.inp]}
         name = _target_name(target) if target else "features"
         rows.append((name, summary, result))
         payloads[name] = payload
         curves[name if len(runs) > 1 else FLAGS.metric] = result.cmc
     if len(rows) == 1:
         _, summary, result = rows[0]
-        print(reports.format_table(summary, settings, result.num_valid, result.num_invalid))
+        print(reports.format_table(summary, settings, result.num_valid, result.num_invalid,
+                                   no_match=result.no_match))
     else:
         print(reports.format_targets_table([(n, s, r.num_valid) for n, s, r in rows], settings))
     if FLAGS.json_out:
@@ -338,14 +331,11 @@ def main(argv):
         data = runs[0][1]
         if "query_paths" not in data:
             raise ConfigError("--ranked_png needs query_paths and gallery_paths")
-
-        def paths(key):  # str, or bytes from an npz written elsewhere
-            return [p.decode() if isinstance(p, bytes) else str(p) for p in data[key].tolist()]
-
-        query, gallery, train = _split_features(data)
+        query, gallery, train = feature_file.splits(data)
         dist = judge.distances(query, gallery, train)
         reports.write_ranked_list(
-            FLAGS.ranked_png, dist, paths("query_paths"), paths("gallery_paths"),
+            FLAGS.ranked_png, dist, feature_file.paths(data, "query_paths"),
+            feature_file.paths(data, "gallery_paths"),
             data["query_pids"], data["query_camids"],
             data["gallery_pids"], data["gallery_camids"], num_queries=FLAGS.ranked_queries)
 
@@ -354,26 +344,26 @@ def _target_name(data_dir: str) -> str:
     return os.path.basename(os.path.normpath(data_dir)) or data_dir
 
 
-def _split_features(data: dict):
-    """Query, gallery and (when present) train SplitFeatures of one target's arrays."""
-    import numpy as np
-
-    from mgcam_tf.evaluation.features import SplitFeatures
-
-    def items(split):
-        paths = data.get(f"{split}_paths")
-        paths = () if paths is None else tuple(
-            p.decode() if isinstance(p, bytes) else str(p) for p in paths.tolist())
-        return SplitFeatures(np.asarray(data[f"{split}_features"]),
-                             np.asarray(data[f"{split}_pids"]),
-                             np.asarray(data[f"{split}_camids"]), paths)
-
-    train = None
-    if "train_features" in data:
-        train = SplitFeatures(np.asarray(data["train_features"]),
-                              np.asarray(data["train_pids"]),
-                              np.zeros(len(data["train_pids"]), np.int64), ())
-    return items("query"), items("gallery"), train
+def _convention_settings(need_train: bool, use_rerank: bool) -> dict:
+    """The published-pipeline settings that differ from the defaults (records of
+    default runs stay as they were)."""
+    chosen = {}
+    if need_train and FLAGS.pairs != "all":
+        chosen["pairs"] = FLAGS.pairs
+    if need_train and FLAGS.xqda_form != "paper" and FLAGS.metric.startswith("xqda"):
+        chosen["xqda_form"] = FLAGS.xqda_form
+    if FLAGS.normalize:
+        chosen["normalize"] = True
+    if use_rerank and FLAGS.rerank_rounding != "python":
+        chosen["rerank_rounding"] = FLAGS.rerank_rounding
+    if FLAGS.no_match != "exclude":
+        chosen["no_match"] = FLAGS.no_match
+    if FLAGS.protocol == "cuhk03_classic":
+        chosen["trials"] = FLAGS.trials
+    if FLAGS.protocol == "cuhk03_classic" or (need_train and FLAGS.pairs == "cross_camera"
+                                              and FLAGS.metric.startswith("kissme")):
+        chosen["seed"] = FLAGS.seed
+    return chosen
 
 
 def run():

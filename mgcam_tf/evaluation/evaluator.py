@@ -14,6 +14,16 @@ Protocols:
                   (queries of camera c against every item not of camera c)
                   and reported as one set of queries, in query-then-gallery
                   order.
+  "cuhk03_classic" the data set's split, the CMC averaged over galleries of
+                  one random item per identity (`cuhk03_classic`: torchreid's
+                  `eval_cuhk03`, 10 trials, seeded).
+
+Conventions of the published code that change the figures, each a setting
+here (docs/EVALUATION.md says which code does what): the training pairs
+and XQDA form of the learned metrics (`distances`), L2-normalised
+features (`normalize`: Zhong et al.'s evaluation scripts normalise before
+every metric), the rounding of re-ranking's k1 / 2 (`rerank.HALF_ROUNDINGS`)
+and queries without a match (`metrics.NO_MATCH_RULES`).
 """
 
 from __future__ import annotations
@@ -24,10 +34,10 @@ from typing import Callable
 import numpy as np
 
 from mgcam_tf.errors import ConfigError
-from mgcam_tf.evaluation import distances, metrics
+from mgcam_tf.evaluation import cuhk03_classic, distances, metrics, rerank
 from mgcam_tf.evaluation.features import SplitFeatures
 
-PROTOCOLS = ("single_query", "all_queries")
+PROTOCOLS = ("single_query", "all_queries", "cuhk03_classic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +51,13 @@ class Evaluation:
 
     def summary(self) -> dict[str, float]:
         return self.result.summary()
+
+
+def l2_normalized(items: SplitFeatures) -> SplitFeatures:
+    """The items with each feature scaled to unit L2 norm (zero vectors kept)."""
+    x = np.asarray(items.features, np.float64)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return dataclasses.replace(items, features=x / np.where(norm > 0, norm, 1.0))
 
 
 def combined(query: SplitFeatures, gallery: SplitFeatures) -> SplitFeatures:
@@ -57,32 +74,55 @@ class ReidEvaluator:
     metric: a name of `distances.METRICS` (learned ones need `train`).
     ap: "official" or "step" (see `metrics`).
     protocol: one of PROTOCOLS.
+    pairs, xqda_form: the learned metrics' training pairs and XQDA form
+      (`distances.PAIR_RULES`, `distances.XQDA_FORMS`).
+    normalize: L2-normalise every feature (train too) before the metric.
+    half_rounding: re-ranking's rounding of k1 / 2 (`rerank.HALF_ROUNDINGS`).
+    no_match: queries without a good match (`metrics.NO_MATCH_RULES`).
+    seed: KISSME's sampled pairs and the cuhk03_classic draws.
+    trials: galleries drawn per query by cuhk03_classic.
+    The defaults are the library's own conventions (module doc).
     """
 
     def __init__(self, metric: str = "euclidean", ap: str = "official",
                  protocol: str = "single_query", *, k1: int = 20, k2: int = 6,
-                 lambda_value: float = 0.3):
+                 lambda_value: float = 0.3, pairs: str = "all", xqda_form: str = "paper",
+                 normalize: bool = False, half_rounding: str = "python",
+                 no_match: str = "exclude", seed: int = 0,
+                 trials: int = cuhk03_classic.DEFAULT_TRIALS):
         distances.parse_metric(metric)  # raises ConfigError on an unknown name
         if ap not in metrics.AP_MODES:
             raise ConfigError(f"ap must be one of {metrics.AP_MODES}, got {ap!r}")
         if protocol not in PROTOCOLS:
             raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        distances.check_learning_options(pairs, xqda_form)
+        rerank.half_size(k1, half_rounding)
+        metrics.check_no_match(no_match)
+        cuhk03_classic.check_trials(trials)
         self.metric, self.ap, self.protocol = metric, ap, protocol
-        self.rerank_args = dict(k1=k1, k2=k2, lambda_value=lambda_value)
+        self.rerank_args = dict(k1=k1, k2=k2, lambda_value=lambda_value,
+                                half_rounding=half_rounding)
+        self.metric_args = dict(pairs=pairs, xqda_form=xqda_form, seed=seed)
+        self.normalize, self.no_match = normalize, no_match
+        self.seed, self.trials = seed, trials
 
     def distances(self, query: SplitFeatures, gallery: SplitFeatures,
                   train: SplitFeatures | None = None,
                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """float32 [Q, G] distances of the single-query protocol's queries to its gallery."""
+        if self.normalize:
+            query, gallery = l2_normalized(query), l2_normalized(gallery)
+            train = None if train is None else l2_normalized(train)
         return distances.compute_distances(
             query.features, gallery.features, self.metric,
             train_features=None if train is None else train.features,
-            train_pids=None if train is None else train.pids, progress=progress,
-            **self.rerank_args)
+            train_pids=None if train is None else train.pids,
+            train_camids=None if train is None else train.camids, progress=progress,
+            **self.metric_args, **self.rerank_args)
 
     def _runs(self, query: SplitFeatures, gallery: SplitFeatures):
         """(queries, gallery) pairs the protocol evaluates, in the order of its queries."""
-        if self.protocol == "single_query":
+        if self.protocol != "all_queries":
             return [(query, gallery)]
         items = combined(query, gallery)
         runs = []
@@ -100,8 +140,15 @@ class ReidEvaluator:
         results = []
         for q, g in self._runs(query, gallery):
             distmat = self.distances(q, g, train, progress)
-            results.append(metrics.evaluate(distmat, q.pids, q.camids, g.pids, g.camids,
-                                            ap=self.ap, max_rank=max_rank))
+            if self.protocol == "cuhk03_classic":
+                results.append(cuhk03_classic.evaluate(
+                    distmat, q.pids, q.camids, g.pids, g.camids, ap=self.ap,
+                    max_rank=max_rank, trials=self.trials, seed=self.seed,
+                    no_match=self.no_match))
+            else:
+                results.append(metrics.evaluate(distmat, q.pids, q.camids, g.pids, g.camids,
+                                                ap=self.ap, max_rank=max_rank,
+                                                no_match=self.no_match))
         result = results[0] if len(results) == 1 else metrics.concatenate(results, max_rank)
         return Evaluation(result, self.metric, self.protocol, self.ap)
 

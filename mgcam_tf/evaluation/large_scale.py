@@ -53,13 +53,13 @@ rank behind the shortlist, so larger S recovers more mAP.
 
 from __future__ import annotations
 
-import concurrent.futures
 from typing import Optional
 
 import numpy as np
 
 from mgcam_tf.errors import ConfigError, DataError
 from mgcam_tf.evaluation import metrics
+from mgcam_tf.evaluation.blocks import run_blocks
 
 GALLERY_CHUNK = 65536
 QUERY_TILE = 64       # query rows per BLAS call (euclidean_into)
@@ -203,9 +203,10 @@ def evaluate_features(query_features: np.ndarray, query_pids: np.ndarray,
     labels = GalleryLabels(gp, gc)
     ap_out = np.full(nq, np.nan)
     first = np.full(nq, -1, np.int64)
+    inp = np.full(nq, np.nan)
     starts = list(range(0, nq, block))
 
-    def one_block(start: int) -> None:      # writes its own rows of ap_out / first
+    def one_block(start: int) -> int:       # writes its own rows of ap_out / first / inp
         stop = min(start + block, nq)
         dist = euclidean_into(np.empty((stop - start, ng), np.float32), q[start:stop], g, g_sq,
                               first_row=start)
@@ -214,15 +215,12 @@ def evaluate_features(query_features: np.ndarray, query_pids: np.ndarray,
                     else np.argpartition(dist, min(rerank_top, ng) - 1, axis=1)[:, :rerank_top])
             dist = _apply_rerank(dist, q[start:stop], g, cand, k1, k2, lambda_value)
         rows, pos = good_positions(dist, qp[start:stop], qc[start:stop], labels)
-        metrics.block_ap(rows, pos, ap, ap_out[start:stop], first[start:stop])
+        metrics.block_ap(rows, pos, ap, ap_out[start:stop], first[start:stop],
+                         inp[start:stop])
+        return stop - start
 
-    if threads == 1 or len(starts) == 1:
-        for s in starts:
-            one_block(s)
-    else:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(one_block, starts))     # re-raises a block's error
-    return metrics._finish(ap_out, first, ap, max_rank)
+    run_blocks(one_block, starts, threads)
+    return metrics._finish(ap_out, first, ap, max_rank, inp=inp)
 
 
 def _integer_ids(name: str, arr: np.ndarray) -> np.ndarray:
@@ -305,7 +303,7 @@ def _empty(n: int, ap: str, max_rank: int) -> metrics.EvalResult:
     """A block none of whose queries has a good match (kept for the query count)."""
     return metrics.EvalResult(cmc=np.zeros(max_rank), mAP=float("nan"), ap_mode=ap,
                               num_query=n, num_valid=0, num_invalid=n, ap=np.full(n, np.nan),
-                              first_match=np.full(n, -1, np.int64))
+                              first_match=np.full(n, -1, np.int64), inp=np.full(n, np.nan))
 
 
 def rerank_shortlist(query_features: np.ndarray, gallery_features: np.ndarray,

@@ -9,8 +9,16 @@ on tracklet features, MARS):
 - good matches: same id, other camera;
 - the ranked list is the gallery sorted by ascending distance, ties broken by
   gallery order (a stable sort, as MATLAB's `sort`);
-- queries without a good match have no defined AP: they are left out of CMC
-  and mAP and counted in `EvalResult.num_invalid`.
+- queries without a good match have no defined AP: by default
+  (``no_match="exclude"``, the Python toolkits' rule) they are left out of
+  CMC, mAP and mINP and counted in `EvalResult.num_invalid`;
+  ``no_match="count"`` follows Market-1501's `evaluation.m`, which averages
+  over every query: such a query is a miss at every rank with AP 0 (and INP 0).
+
+mINP (Ye et al., "Deep Learning for Person Re-identification: A Survey and
+Outlook", TPAMI 2021; fast-reid's `evaluate_rank`): a query's INP is
+(number of good matches) / (1-based position of its last good match among
+non-junk items); mINP is their mean over the queries.
 
 Two AP definitions (`ap=`):
 
@@ -32,15 +40,15 @@ good matches are few (about 14 of 19,732 per Market query).
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import os
 
 import numpy as np
 
 from mgcam_tf.errors import ConfigError, DataError
+from mgcam_tf.evaluation.blocks import run_blocks
 
 AP_MODES = ("official", "step")
+NO_MATCH_RULES = ("exclude", "count")
 DEFAULT_RANKS = (1, 5, 10, 20)
 
 
@@ -55,10 +63,15 @@ class EvalResult:
       ap_mode: "official" or "step".
       num_query: all queries given.
       num_valid: queries with at least one good match.
-      num_invalid: queries without one (left out of cmc and mAP).
+      num_invalid: queries without one (left out of cmc, mAP and mINP, or
+        counted as misses with AP 0 under no_match="count").
       ap: float64 [num_query] per-query AP; NaN for invalid queries.
       first_match: int64 [num_query] 0-based position of the first good match
         among non-junk gallery items; -1 for invalid queries.
+      inp: float64 [num_query] per-query INP (module doc); NaN for invalid
+        queries, or for results built without it.
+      mINP: mean INP over the queries that `no_match` averages over.
+      no_match: "exclude" or "count" (module doc).
     """
 
     cmc: np.ndarray
@@ -69,6 +82,9 @@ class EvalResult:
     num_invalid: int
     ap: np.ndarray
     first_match: np.ndarray
+    inp: np.ndarray | None = None
+    mINP: float = float("nan")
+    no_match: str = "exclude"
 
     def rank(self, k: int) -> float:
         """Rank-k accuracy (fraction); k beyond `max_rank` is an error."""
@@ -77,9 +93,12 @@ class EvalResult:
         return float(self.cmc[k - 1])
 
     def summary(self, ranks: tuple[int, ...] = DEFAULT_RANKS) -> dict[str, float]:
-        """`{"rank1": .., "rank5": .., "rank10": .., "rank20": .., "mAP": ..}`, fractions."""
+        """`{"rank1": .., "rank5": .., "rank10": .., "rank20": .., "mAP": .., "mINP": ..}`,
+        fractions (mINP only where the result has per-query INP)."""
         out = {f"rank{k}": self.rank(k) for k in ranks if k <= len(self.cmc)}
         out["mAP"] = float(self.mAP)
+        if self.inp is not None:
+            out["mINP"] = float(self.mINP)
         return out
 
 
@@ -161,14 +180,15 @@ def _good_positions(block: np.ndarray, junk: np.ndarray, good: np.ndarray):
 
 
 def block_ap(rows: np.ndarray, pos: np.ndarray, ap: str, ap_out: np.ndarray,
-             first: np.ndarray) -> None:
-    """Per-query AP and first match from the positions of the good matches.
+             first: np.ndarray, inp_out: np.ndarray | None = None) -> None:
+    """Per-query AP, first match and INP from the positions of the good matches.
 
     Args:
       rows: int [M] query row (within the block) of each good match; pos: int
         [M] its 0-based position among the row's non-junk items (any order).
       ap: "official" or "step".
       ap_out, first: float64 / int64 [B] views written for rows with a good match.
+      inp_out: optional float64 [B] view: ngood / (1 + position of the last good match).
     """
     if rows.size == 0:
         return
@@ -188,12 +208,15 @@ def block_ap(rows: np.ndarray, pos: np.ndarray, ap: str, ap_out: np.ndarray,
     valid = ngood > 0
     ap_out[valid] = sums[valid] / ngood[valid]
     first[valid] = pos[row_start[valid]]
+    if inp_out is not None:
+        last = pos[row_start[valid] + ngood[valid] - 1]
+        inp_out[valid] = ngood[valid] / (last + 1.0)
 
 
 def evaluate(distmat: np.ndarray, query_pids: np.ndarray, query_camids: np.ndarray,
              gallery_pids: np.ndarray, gallery_camids: np.ndarray, *,
              ap: str = "official", max_rank: int = 50, block_size: int = 128,
-             threads: int | None = None) -> EvalResult:
+             threads: int | None = None, no_match: str = "exclude") -> EvalResult:
     """Single-query CMC and mAP with the official Market-1501 rules (module doc).
 
     Args:
@@ -205,10 +228,11 @@ def evaluate(distmat: np.ndarray, query_pids: np.ndarray, query_camids: np.ndarr
       block_size: queries processed at once (memory ~ 20 * block_size * G bytes
         per thread).
       threads: blocks processed at once; default min(2, CPUs).
+      no_match: "exclude" or "count" (module doc).
     Returns:
       EvalResult.
     Raises:
-      ConfigError: unknown `ap`, bad `max_rank`/`block_size`.
+      ConfigError: unknown `ap` or `no_match`, bad `max_rank`/`block_size`.
       DataError: shapes that disagree, non-finite distances, no valid query.
     """
     if ap not in AP_MODES:
@@ -217,14 +241,16 @@ def evaluate(distmat: np.ndarray, query_pids: np.ndarray, query_camids: np.ndarr
         raise ConfigError(f"max_rank must be >= 1, got {max_rank}")
     if block_size < 1:
         raise ConfigError(f"block_size must be >= 1, got {block_size}")
+    check_no_match(no_match)
     distmat, qp, qc, gp, gc = _check_inputs(distmat, query_pids, query_camids,
                                             gallery_pids, gallery_camids)
     nq, ng = distmat.shape
     ap_out = np.full(nq, np.nan)
     first = np.full(nq, -1, dtype=np.int64)
+    inp = np.full(nq, np.nan)
     gallery_junk = gp == -1
 
-    def one_block(start: int) -> None:  # writes its own rows of ap_out / first
+    def one_block(start: int) -> int:  # writes its own rows of ap_out / first / inp
         stop = min(start + block_size, nq)
         block = distmat[start:stop]
         if not np.all(np.isfinite(block)):
@@ -234,40 +260,54 @@ def evaluate(distmat: np.ndarray, query_pids: np.ndarray, query_camids: np.ndarr
         junk = (same_id & same_cam) | gallery_junk[None, :]
         good = same_id & ~junk
         rows, pos = _good_positions(block, junk, good)
-        block_ap(rows, pos, ap, ap_out[start:stop], first[start:stop])
+        block_ap(rows, pos, ap, ap_out[start:stop], first[start:stop], inp[start:stop])
+        return stop - start
 
-    starts = list(range(0, nq, block_size))
-    threads = min(2, os.cpu_count() or 1) if threads is None else threads
-    if threads < 1:
-        raise ConfigError(f"threads must be >= 1, got {threads}")
-    if threads == 1 or len(starts) == 1:
-        for start in starts:
-            one_block(start)
-    else:
-        # numpy releases the GIL in sort, searchsorted and the mask arithmetic.
-        with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(one_block, starts))   # re-raises a block's error
-    return _finish(ap_out, first, ap, max_rank)
+    # numpy releases the GIL in sort, searchsorted and the mask arithmetic.
+    run_blocks(one_block, list(range(0, nq, block_size)), threads)
+    return _finish(ap_out, first, ap, max_rank, inp=inp, no_match=no_match)
+
+
+def check_no_match(no_match: str) -> None:
+    if no_match not in NO_MATCH_RULES:
+        raise ConfigError(f"no_match must be one of {NO_MATCH_RULES}, got {no_match!r}")
 
 
 def concatenate(results: "list[EvalResult]", max_rank: int = 50) -> EvalResult:
-    """One result for the queries of several evaluations, in order (same AP mode)."""
+    """One result for the queries of several evaluations, in order (same AP mode and
+    no-match rule)."""
     modes = {r.ap_mode for r in results}
     if len(modes) != 1:
         raise ConfigError(f"cannot combine results of AP modes {sorted(modes)}")
+    rules = {r.no_match for r in results}
+    if len(rules) != 1:
+        raise ConfigError(f"cannot combine results of no_match rules {sorted(rules)}")
+    inp = None
+    if all(r.inp is not None for r in results):
+        inp = np.concatenate([r.inp for r in results])
     return _finish(np.concatenate([r.ap for r in results]),
-                   np.concatenate([r.first_match for r in results]), modes.pop(), max_rank)
+                   np.concatenate([r.first_match for r in results]), modes.pop(), max_rank,
+                   inp=inp, no_match=rules.pop())
 
 
-def _finish(ap_out: np.ndarray, first: np.ndarray, ap: str, max_rank: int) -> EvalResult:
+def _finish(ap_out: np.ndarray, first: np.ndarray, ap: str, max_rank: int,
+            inp: np.ndarray | None = None, no_match: str = "exclude") -> EvalResult:
+    """The result of per-query AP, first-match positions and INP (module doc's rules)."""
+    check_no_match(no_match)
     valid = first >= 0
     num_valid = int(valid.sum())
     if num_valid == 0:
         raise DataError("no query has a good match in the gallery (same id, other camera): "
                         "check query/gallery ids and cameras")
     firsts = first[valid]
+    # "count" (evaluation.m): the mean runs over every query, and a query
+    # without a good match adds 0 to the CMC at every rank, to AP and to INP.
+    denominator = num_valid if no_match == "exclude" else len(first)
     cmc = np.bincount(np.minimum(firsts, max_rank), minlength=max_rank + 1)[:max_rank]
-    cmc = np.cumsum(cmc) / num_valid
-    return EvalResult(cmc=cmc.astype(np.float64), mAP=float(np.mean(ap_out[valid])),
+    cmc = np.cumsum(cmc) / denominator
+    m_inp = float("nan") if inp is None else float(np.sum(inp[valid]) / denominator)
+    return EvalResult(cmc=cmc.astype(np.float64),
+                      mAP=float(np.sum(ap_out[valid]) / denominator),
                       ap_mode=ap, num_query=len(first), num_valid=num_valid,
-                      num_invalid=len(first) - num_valid, ap=ap_out, first_match=first)
+                      num_invalid=len(first) - num_valid, ap=ap_out, first_match=first,
+                      inp=inp, mINP=m_inp, no_match=no_match)

@@ -55,14 +55,18 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
 # --------------------------------------------------------------------------
 # Text table
 
+# Summary keys shown, in order, and their column names.
+TABLE_COLUMNS = {"rank1": "Rank-1", "rank5": "Rank-5", "rank10": "Rank-10",
+                 "rank20": "Rank-20", "mAP": "mAP", "mINP": "mINP"}
+
+
 def format_targets_table(rows: list[tuple[str, dict, int]], settings: dict | None = None) -> str:
     """Several target sets' results in one table, a row per set (cross-domain evaluation).
 
     rows: (data set name, summary as for `format_table`, queries evaluated).
     """
-    keys = ("rank1", "rank5", "rank10", "rank20", "mAP")
-    names = ("Rank-1", "Rank-5", "Rank-10", "Rank-20", "mAP")
-    header = ("data set", *names, "queries")
+    keys = [k for k in TABLE_COLUMNS if all(k in summary for _, summary, _ in rows)]
+    header = ("data set", *(TABLE_COLUMNS[k] for k in keys), "queries")
     cells = [(name, *(f"{100 * summary[k]:.2f}" for k in keys), str(valid))
              for name, summary, valid in rows]
     widths = [max(len(str(c[i])) for c in (header, *cells)) for i in range(len(header))]
@@ -78,20 +82,22 @@ def format_targets_table(rows: list[tuple[str, dict, int]], settings: dict | Non
 
 
 def format_table(summary: dict, settings: dict | None = None,
-                 num_valid: int | None = None, num_invalid: int | None = None) -> str:
+                 num_valid: int | None = None, num_invalid: int | None = None,
+                 no_match: str = "exclude") -> str:
     """Results as a small text table, percentages with two decimals.
 
     Args:
-      summary: {"rank1": .., "rank5": .., "rank10": .., "rank20": .., "mAP": ..} fractions.
+      summary: {"rank1": .., "rank5": .., "rank10": .., "rank20": .., "mAP": .., "mINP": ..}
+        fractions (the keys of TABLE_COLUMNS it has).
       settings: shown above the table (metric, AP definition, ...).
       num_valid, num_invalid: query counts, shown below.
+      no_match: "exclude" (invalid queries left out) or "count" (in the means).
     """
     lines = []
     if settings:
         lines.append("  ".join(f"{k}={v}" for k, v in settings.items()))
-    keys = [k for k in ("rank1", "rank5", "rank10", "rank20", "mAP") if k in summary]
-    names = {"rank1": "Rank-1", "rank5": "Rank-5", "rank10": "Rank-10", "rank20": "Rank-20",
-             "mAP": "mAP"}
+    keys = [k for k in TABLE_COLUMNS if k in summary]
+    names = TABLE_COLUMNS
     widths = [max(len(names[k]), 6) for k in keys]
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
     lines.append(rule)
@@ -103,7 +109,8 @@ def format_table(summary: dict, settings: dict | None = None,
     if num_valid is not None:
         text = f"{num_valid} queries evaluated"
         if num_invalid:
-            text += f"; {num_invalid} without a valid match in the gallery (left out)"
+            how = "left out" if no_match == "exclude" else "counted as misses with AP 0"
+            text += f"; {num_invalid} without a valid match in the gallery ({how})"
         lines.append(text)
     return "\n".join(lines)
 

@@ -42,8 +42,6 @@ metric (XQDA, KISSME) enters as a linear map of the features
 
 from __future__ import annotations
 
-import concurrent.futures
-import os
 import threading
 from typing import Callable
 
@@ -51,7 +49,28 @@ import numpy as np
 import scipy.sparse as sp
 
 from mgcam_tf.errors import ConfigError, DataError
+from mgcam_tf.evaluation.blocks import default_threads, run_blocks
 from mgcam_tf.evaluation.feature_matrix import feature_matrix
+
+
+# How the half-size sets R(c, k1/2) round k1 / 2; they differ only for odd k1:
+#   python  int(np.around(k1 / 2)), Zhong et al.'s re_ranking.py: half to even
+#           (k1 = 4n+1 -> 2n, k1 = 4n+3 -> 2n+2);
+#   matlab  round(k1 / 2) of re_ranking.m: half away from zero (4n+1 -> 2n+1, 4n+3 -> 2n+2);
+#   floor   fix(k1 / 2): k1 // 2 (4n+1 -> 2n, 4n+3 -> 2n+1).
+HALF_ROUNDINGS = {
+    "python": lambda k1: int(np.around(k1 / 2.0)),
+    "matlab": lambda k1: int(np.floor(k1 / 2.0 + 0.5)),
+    "floor": lambda k1: k1 // 2,
+}
+
+
+def half_size(k1: int, rounding: str = "python") -> int:
+    """The size of the half-size reciprocal sets for k1 under `rounding` (HALF_ROUNDINGS)."""
+    if rounding not in HALF_ROUNDINGS:
+        raise ConfigError(f"half_rounding must be one of {tuple(HALF_ROUNDINGS)}, "
+                          f"got {rounding!r}")
+    return HALF_ROUNDINGS[rounding](k1)
 
 
 def _check(k1: int, k2: int, lambda_value: float) -> None:
@@ -144,26 +163,8 @@ def _neighbours(x: np.ndarray, kk: int, block: int,
         nbr[s:e] = cols[starts[:, None] + np.arange(kk)[None, :]]
         return b
 
-    _run_blocks(one_block, list(range(0, n, block)), threads, progress, n)
+    run_blocks(one_block, list(range(0, n, block)), threads, progress, n)
     return nbr, rowmax
-
-
-def _run_blocks(fn: Callable[[int], int], starts: list[int], threads: int,
-                progress: Callable[[int, int], None] | None, total: int) -> None:
-    """Runs fn(start) for every block, on `threads` threads (numpy releases the
-    GIL in matmul, partition, sort, bincount...), reporting rows done in order."""
-    done = 0
-    if threads <= 1 or len(starts) <= 1:
-        for start in starts:
-            done += fn(start)
-            if progress is not None:
-                progress(done, total)
-        return
-    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-        for rows in pool.map(fn, starts):   # results in order; errors re-raised here
-            done += rows
-            if progress is not None:
-                progress(done, total)
 
 
 def _pattern(rows: np.ndarray, cols: np.ndarray, n: int) -> sp.csr_matrix:
@@ -188,7 +189,7 @@ def rerank(query_features: np.ndarray, gallery_features: np.ndarray, *,
            k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
            block_size: int = 1024, triple_budget: int = 1_500_000,
            progress: Callable[[int, int], None] | None = None,
-           threads: int | None = None) -> np.ndarray:
+           threads: int | None = None, half_rounding: str = "python") -> np.ndarray:
     """k-reciprocal re-ranked query-to-gallery distances (module doc).
 
     Args:
@@ -202,12 +203,15 @@ def rerank(query_features: np.ndarray, gallery_features: np.ndarray, *,
       progress: optional callback(done, total) over the neighbour-search rows.
       threads: blocks processed at once (numpy and BLAS release the GIL);
         default min(2, CPUs). 1 runs everything in the calling thread.
+      half_rounding: how k1 / 2 is rounded (HALF_ROUNDINGS; default Zhong et
+        al.'s Python code).
     Returns:
       float32 [Q, G] final distances.
     Raises:
       ConfigError: bad k1/k2/lambda_value; DataError: bad features.
     """
     _check(k1, k2, lambda_value)
+    half_size(k1, half_rounding)   # ConfigError on an unknown rule, before any work
     q = feature_matrix("query_features", query_features)
     g = feature_matrix("gallery_features", gallery_features)
     if q.shape[1] != g.shape[1]:
@@ -225,7 +229,7 @@ def rerank(query_features: np.ndarray, gallery_features: np.ndarray, *,
     if k1 + 1 > n:
         raise ConfigError(f"k1 = {k1} needs more than {n} query + gallery items")
     if threads is None:
-        threads = min(2, os.cpu_count() or 1)
+        threads = default_threads()
     if threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
     # The neighbour search's keys of the query rows, |g|^2 - 2 q.g in float32,
@@ -235,7 +239,7 @@ def rerank(query_features: np.ndarray, gallery_features: np.ndarray, *,
     rowmax = np.where(rowmax > 0, rowmax, 1.0)  # all items identical: avoid 0/0
 
     # k-reciprocal sets and the expansion by half-size reciprocal sets.
-    kh = int(np.around(k1 / 2.0))
+    kh = half_size(k1, half_rounding)
     r = _reciprocal(nbr, k1)
     h = _reciprocal(nbr, kh)
     hlen = np.diff(h.indptr)
@@ -323,5 +327,5 @@ def rerank(query_features: np.ndarray, gallery_features: np.ndarray, *,
         out += t32
         return e - s
 
-    _run_blocks(one_block, [b[0] for b in bounds], threads, None, nq)
+    run_blocks(one_block, [b[0] for b in bounds], threads, None, nq)
     return final

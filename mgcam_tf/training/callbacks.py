@@ -65,7 +65,7 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 class PeriodicEvaluation(keras.callbacks.Callback):
-    """Rank-1 and mAP of a query/gallery split pair every `every` training steps.
+    """Rank-1, mAP and mINP of a query/gallery split pair every `every` training steps.
 
     Euclidean distances on h_full, official AP, single-query protocol. Each
     point goes to TensorBoard (`eval/rank1`, `eval/mAP`) and to
@@ -110,7 +110,8 @@ class PeriodicEvaluation(keras.callbacks.Callback):
                      np.concatenate([self._embed(b).numpy() for b in batches]), splits[name])
                  for name, batches in self._images().items()}
         result = evaluator.ReidEvaluator("euclidean").evaluate(items["query"], items["gallery"])
-        return {"rank1": result.result.rank(1), "mAP": result.result.mAP}
+        return {"rank1": result.result.rank(1), "mAP": result.result.mAP,
+                "mINP": result.result.mINP}
 
     def _record(self, step: int) -> None:
         point = {"step": step, **self.evaluate()}

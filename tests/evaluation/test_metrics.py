@@ -156,7 +156,7 @@ def test_invalid_queries_are_counted_not_dropped_silently():
 def test_summary_and_errors():
     res = metrics.evaluate(*hand_case("wgwwwwwwwwwwwwwwwwwww"))
     s = res.summary()
-    assert set(s) == {"rank1", "rank5", "rank10", "rank20", "mAP"}
+    assert set(s) == {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}
     assert s["rank1"] == 0.0 and s["rank5"] == 1.0
     with pytest.raises(ConfigError, match="ap"):
         metrics.evaluate(*hand_case("g"), ap="bogus")
