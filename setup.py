@@ -76,6 +76,7 @@ setup(
             "mgcam-extract=mgcam_tf.cli.extract:run",
             "mgcam-search=mgcam_tf.cli.search:run",
             "mgcam-verify=mgcam_tf.cli.verify:run",
+            "mgcam-attention=mgcam_tf.cli.attention:run",
             "mgcam-serving-client=mgcam_tf.cli.serving_client:run",
         ],
     },

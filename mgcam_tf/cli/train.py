@@ -58,7 +58,9 @@ flags.DEFINE_enum("mixed_precision", "auto", list(conventions.PRECISIONS) + ["au
 flags.DEFINE_enum("stage", "1", sorted(experiments.STAGES),
                   "1: MGCAM (no Siamese loss, random batches); 2: MGCAM-Siamese "
                   "(pair batches, start from --init_from).")
-flags.DEFINE_string("init_from", "", "Stage 2: the stage-1 model directory to start from.")
+flags.DEFINE_string("init_from", "", "Model directory or preset name to start from: stage 2 "
+                    "from stage 1, or fine-tuning a preset (mgcam_siamese_cuhk03) on other "
+                    "identities, whose classifiers then start fresh.")
 flags.DEFINE_enum("sampler", "random", ["random", "pk"],
                   "Stage 1 batches: random over the training set, or P ids x K images.")
 flags.DEFINE_integer("pk_k", 4, "Images per identity with --sampler=pk.")

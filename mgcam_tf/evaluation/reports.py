@@ -283,14 +283,16 @@ def write_cmc_curve(path: str | os.PathLike, curves: dict[str, np.ndarray],
 # --------------------------------------------------------------------------
 # Ranked lists
 
-def _read_tile(path: str, height: int, width: int) -> np.ndarray:
-    """An image file (JPEG, PNG, BMP, GIF) as uint8 [height, width, 3], resized."""
+def read_tile(path: str, height: int, width: int) -> np.ndarray:
+    """An image file (JPEG, PNG, BMP, GIF) as uint8 [height, width, 3], resized (the
+    pictures of the ranked lists, of mgcam-search's sheets and of the attention maps)."""
     import tensorflow as tf  # only here: the rest of this module needs no TF
 
     try:
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     except (tf.errors.OpError, ValueError) as err:
-        raise DataError(f"{path}: cannot read image for the ranked list ({err})") from None
+        raise DataError(f"{path}: cannot read image for the picture "
+                        f"({str(err).splitlines()[0]})") from None
     image = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
     return np.clip(np.rint(image.numpy()), 0, 255).astype(np.uint8)
 
@@ -330,12 +332,12 @@ def ranked_list_image(distmat: np.ndarray, query_paths: Sequence[str],
         order = np.argsort(distmat[q], kind="stable")
         order = order[~junk[order]][:top_k]
         y = r * row_h + 14
-        tile = _read_tile(query_paths[q], tile_height, tile_width)
+        tile = read_tile(query_paths[q], tile_height, tile_width)
         draw_border(tile, BLUE)
         canvas[y:y + tile_height, 2:2 + tile_width] = tile
         draw_text(canvas, f"Q{q}", 2, y - 10, BLUE)
         for k, gidx in enumerate(order):
-            tile = _read_tile(gallery_paths[gidx], tile_height, tile_width)
+            tile = read_tile(gallery_paths[gidx], tile_height, tile_width)
             match = gp[gidx] == query_pids[q]
             draw_border(tile, GREEN if match else RED)
             x = 2 + gap + (k + 1) * cell_w
