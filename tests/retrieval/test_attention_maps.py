@@ -173,3 +173,43 @@ def test_search_sheet_in_a_browser_shows_the_overlays_beside_their_images(shared
         assert box(phi)[..., 0].max() > 200 and box(phi)[..., 2].max() > 100
         assert np.abs(box(phi) - box(image)).mean() > 20
         assert box(mask).mean() < box(image).mean()
+
+
+def test_ranked_list_draws_the_panels_beside_each_image(tmp_path):
+    images = [write_pair(tmp_path, f"000{i}_c{i % 2 + 1}s1_000001_01", i)[0] for i in range(3)]
+    dist = np.array([[0.0, 1.0, 2.0]])
+    calls = []
+
+    def panels(path, tile):
+        calls.append(path)
+        return [tile, 255 - tile]
+
+    args = (dist, images[:1], images, np.array([0]), np.array([1]), np.array([0, 0, 1]),
+            np.array([1, 2, 2]))
+    from mgcam_tf.evaluation import reports
+
+    plain = reports.ranked_list_image(*args, top_k=2)
+    shown = reports.ranked_list_image(*args, top_k=2, tile_panels=panels)
+    assert plain.shape == (128 + 20, 3 * 68 + 12, 3)
+    assert shown.shape == (128 + 20, 3 * (128 + 4) + 12, 3)
+    assert calls == [images[0], images[1], images[2]]   # the query, then its two matches
+
+
+def test_mgcam_eval_ranked_list_with_attention(shared_data, tmp_path):
+    out = tmp_path / "ranked.png"
+    proc = subprocess.run([sys.executable, "-m", "mgcam_tf.cli.evaluate", f"--preset={NAME}",
+                           f"--data_dir={shared_data / 'market1501_mini'}", "--metric=euclidean",
+                           f"--ranked_png={out}", "--ranked_queries=2", "--ranked_attention",
+                           "--noprogress"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    picture = tf.io.decode_png(tf.io.read_file(str(out))).numpy()
+    assert picture.shape[:2] == (2 * 144 + 4, 11 * (3 * 64 + 4) + 12)
+    # Phi+ drawn: the second panel of the query's tile is coloured, unlike a photo's greys.
+    image, phi = (picture[18:14 + 124, 2 + x:x + 62].astype(int) for x in (4, 64))
+    colour = [np.abs(t[..., 0] - t[..., 2]).mean() for t in (image, phi)]
+    assert colour[1] > 80 and colour[1] > 2 * colour[0], colour
+    refused = subprocess.run([sys.executable, "-m", "mgcam_tf.cli.evaluate",
+                              f"--features={tmp_path / 'none.npz'}", f"--ranked_png={out}",
+                              "--ranked_attention"], env=ENV, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 1
