@@ -56,7 +56,10 @@ setup(
         # onnxruntime runs the file (and its test).
         "onnx": ONNX,
         # The ONNX export is tested in CI too: the three leave the rest as it is.
-        "test": ["pytest>=8,<10", "grpcio>=1.60,<2", "faiss-cpu>=1.9,<2", *ONNX],
+        # setuptools and wheel: tests/presets/test_wheel.py builds the wheel
+        # without build isolation (no network), with the venv's own.
+        "test": ["pytest>=8,<10", "grpcio>=1.60,<2", "faiss-cpu>=1.9,<2", *ONNX,
+                 "setuptools>=64", "wheel"],
         # mgcam-extract --backend=beam. apache-beam 2.77 caps protobuf below 7
         # and tensorflow 2.21 needs >= 6.31.1: tested together (tensorflow-cpu
         # 2.21.0, tensorboard 2.21.0, tensorflow-serving-api 2.21.0 --no-deps,

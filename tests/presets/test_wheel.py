@@ -24,6 +24,10 @@ SOURCES = ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "mgcam_tf")
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """(site folder the wheel was installed into, the wheel's path)."""
+    for build_dependency in ("setuptools", "wheel"):
+        pytest.importorskip(build_dependency, reason=f"{build_dependency} is not installed: "
+                            "the test builds the wheel without build isolation (pip install "
+                            "-e '.[test]' installs it)")
     root = tmp_path_factory.mktemp("wheel")
     source, dist, site = root / "source", root / "dist", root / "site"
     source.mkdir()
