@@ -1,10 +1,16 @@
 """mgcam-tf: Mask-guided Contrastive Attention Model for person re-identification (TF2 / Keras 3)."""
 
 import pathlib
+import re
 
 from setuptools import find_packages, setup
 
 HERE = pathlib.Path(__file__).parent
+# The version is written once, in mgcam_tf/version.py; read as text, since
+# importing the package would need its dependencies installed first.
+VERSION = re.search(r'^__version__ = "([^"]+)"$',
+                    (HERE / "mgcam_tf" / "version.py").read_text(encoding="utf-8"),
+                    re.MULTILINE).group(1)
 
 # TensorFlow comes in through an extra so that a GPU machine is not handed the
 # CPU wheel (both provide the `tensorflow` module and would clash):
@@ -16,12 +22,16 @@ ONNX = ["tf2onnx==1.17.0", "onnx>=1.14", "onnxruntime>=1.17"]
 
 setup(
     name="mgcam-tf",
-    version="0.1.0",
+    version=VERSION,
     description="MGCAM person re-identification (Song et al., CVPR 2018) in TensorFlow 2 / Keras 3",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.14",
     packages=find_packages(include=["mgcam_tf", "mgcam_tf.*"]),
+    # The shipped models (mgcam_tf/presets/<NAME>/: preset.json, config.json,
+    # checkpoints/) are data, not modules: without this a wheel or a plain
+    # `pip install .` holds the preset code but none of its files.
+    package_data={"mgcam_tf.presets": ["*/preset.json", "*/config.json", "*/checkpoints/*"]},
     install_requires=[
         "keras>=3.15,<3.16",
         "numpy>=1.26,<3",
@@ -46,7 +56,10 @@ setup(
         # onnxruntime runs the file (and its test).
         "onnx": ONNX,
         # The ONNX export is tested in CI too: the three leave the rest as it is.
-        "test": ["pytest>=8,<10", "grpcio>=1.60,<2", "faiss-cpu>=1.9,<2", *ONNX],
+        # setuptools and wheel: tests/presets/test_wheel.py builds the wheel
+        # without build isolation (no network), with the venv's own.
+        "test": ["pytest>=8,<10", "grpcio>=1.60,<2", "faiss-cpu>=1.9,<2", *ONNX,
+                 "setuptools>=64", "wheel"],
         # mgcam-extract --backend=beam. apache-beam 2.77 caps protobuf below 7
         # and tensorflow 2.21 needs >= 6.31.1: tested together (tensorflow-cpu
         # 2.21.0, tensorboard 2.21.0, tensorflow-serving-api 2.21.0 --no-deps,
@@ -66,6 +79,7 @@ setup(
             "mgcam-extract=mgcam_tf.cli.extract:run",
             "mgcam-search=mgcam_tf.cli.search:run",
             "mgcam-verify=mgcam_tf.cli.verify:run",
+            "mgcam-attention=mgcam_tf.cli.attention:run",
             "mgcam-serving-client=mgcam_tf.cli.serving_client:run",
         ],
     },

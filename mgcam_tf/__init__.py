@@ -25,7 +25,7 @@ import os
 # set before TensorFlow is imported; a user's own setting wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-__version__ = "0.1.0"
+from mgcam_tf.version import __version__  # noqa: E402 (after the oneDNN setting)
 
 # public name -> module that defines it
 _EXPORTS = {

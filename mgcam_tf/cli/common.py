@@ -390,5 +390,25 @@ def saved_model_or_preset() -> str:
     if flags.FLAGS.preset:
         from mgcam_tf import presets
 
-        return str(presets.export_preset(flags.FLAGS.preset))
+        with _quiet_python_info():
+            return str(presets.export_preset(flags.FLAGS.preset))
     return flags.FLAGS.saved_model
+
+
+@contextlib.contextmanager
+def _quiet_python_info() -> Iterator[None]:
+    """Hides, unless --verbose, the INFO lines TensorFlow's Python code logs through
+    absl while it writes a SavedModel (signature renames, "Sharding callback
+    duration", "Writing fingerprint to ..."): the first use of a preset exports
+    it, and those lines would land among the command's results."""
+    if flags.FLAGS.verbose:
+        yield
+        return
+    from absl import logging as absl_logging
+
+    before = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(min(before, absl_logging.WARNING))  # absl: lower is quieter
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(before)

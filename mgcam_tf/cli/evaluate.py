@@ -105,6 +105,9 @@ flags.DEFINE_string("cmc_png", "", "Write the CMC curve (ranks 1-50) to this PNG
 flags.DEFINE_string("ranked_png", "", "Write the ranked lists of --ranked_queries queries "
                     "(top 10, green = match, red = miss) to this PNG.")
 flags.DEFINE_integer("ranked_queries", 8, "Queries shown in --ranked_png.")
+flags.DEFINE_bool("ranked_attention", False, "--ranked_png shows beside each image Phi+ "
+                  "(MGCAM's contrastive attention map) over it and the mask it was given "
+                  "(needs the model: --model_dir, --preset or --saved_model, and --data_dir).")
 flags.DEFINE_bool("per_query", False, "Add each query's AP, first-match position and INP to "
                   "--json_out (for paired bootstrap intervals, tools/bootstrap.py).")
 flags.DEFINE_bool("progress", True, "Progress lines on stderr.")
@@ -337,7 +340,31 @@ def main(argv):
             FLAGS.ranked_png, dist, feature_file.paths(data, "query_paths"),
             feature_file.paths(data, "gallery_paths"),
             data["query_pids"], data["query_camids"],
-            data["gallery_pids"], data["gallery_camids"], num_queries=FLAGS.ranked_queries)
+            data["gallery_pids"], data["gallery_camids"], num_queries=FLAGS.ranked_queries,
+            tile_panels=_attention_panels(runs[0][0]) if FLAGS.ranked_attention else None)
+
+
+def _attention_panels(data_dir: str | None):
+    """(path, tile) -> [the tile, Phi+ over it, its mask over it], each image's Phi+
+    computed when the ranked list draws it (a few dozen images, not the gallery)."""
+    from mgcam_tf.data import layouts
+    from mgcam_tf.errors import ConfigError
+    from mgcam_tf.retrieval import attention_maps
+
+    if not data_dir or not (FLAGS.model_dir or FLAGS.preset or FLAGS.saved_model):
+        raise ConfigError("--ranked_attention needs the model (--model_dir, --preset or "
+                          "--saved_model) and its --data_dir")
+    dataset = layouts.load_dataset(data_dir, layout=FLAGS.layout,
+                                   missing_masks=FLAGS.missing_masks)
+    masks = {p: m for split in (dataset.query, dataset.gallery)
+             for p, m in zip(split.image_paths, split.mask_paths)}
+    model = _load_model()
+
+    def panels(path, tile):
+        phi, mask = attention_maps.attention_for_files(model, [path], [masks.get(path)])
+        return attention_maps.attention_tiles(tile, phi[0], mask[0])
+
+    return panels
 
 
 def _target_name(data_dir: str) -> str:

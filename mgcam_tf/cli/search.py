@@ -13,6 +13,11 @@ Prints each query's top-k gallery images with their Euclidean distances;
 --sheet writes them as an HTML page (self-contained: thumbnails inline) or a PNG
 image, with the model and settings, right and wrong matches marked when the
 file names carry ids (Market-style `0002_c1...`). Masks as in mgcam-extract.
+--attention shows, beside each image of the sheet, Phi+ (MGCAM's contrastive
+attention map) over it and the mask it was given:
+
+  mgcam-search --preset=mgcam_siamese_cuhk03 --gallery=/photos/gallery --sheet=result.html \\
+      --attention q1.jpg
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ flags.DEFINE_string("gallery_features", "", "With an image folder as --gallery: 
 flags.DEFINE_integer("top_k", 10, "Gallery images listed per query.")
 flags.DEFINE_string("sheet", "", "Write the rankings to this .html or .png file.")
 flags.DEFINE_string("json_out", "", "Write the rankings as JSON here.")
+flags.DEFINE_bool("attention", False, "With --sheet: show beside each query and result "
+                  "what the model looked at: Phi+ (MGCAM's contrastive attention map) over "
+                  "the image, and the mask it was given.")
 flags.DEFINE_enum("mask_policy", "auto", ["auto", "files", "generate", "full_body"],
                   "Masks of images without one (see mgcam-extract).")
 flags.DEFINE_string("mask_model", "", "BlazePose-full .tflite; empty: $MGCAM_MASK_MODEL or fetched.")
@@ -64,6 +72,8 @@ def main(argv):
             raise DataError(f"{q}: query image not found")
     if FLAGS.sheet and os.path.splitext(FLAGS.sheet)[1].lower() not in search.SHEET_FORMATS:
         raise ConfigError(f"--sheet={FLAGS.sheet}: must end in .html or .png")
+    if FLAGS.attention and not FLAGS.sheet:
+        raise ConfigError("--attention draws on the sheet: give --sheet=FILE.html or .png")
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
@@ -118,8 +128,28 @@ def main(argv):
                     "preset": preset.get("name", "") if isinstance(preset, dict) else "",
                     "gallery": FLAGS.gallery, "top_k": FLAGS.top_k, "distance": "euclidean",
                     "search": f"approximate ({gallery.index_type})" if approximate else "exact"}
-        search.write_sheet(FLAGS.sheet, queries, results, settings)
+        attention = attention_lookup(embedder, queries, results, gallery) \
+            if FLAGS.attention else None
+        search.write_sheet(FLAGS.sheet, queries, results, settings, attention)
         print(f"sheet: {FLAGS.sheet}")
+
+
+def attention_lookup(embedder, queries, results, gallery):
+    """Phi+ and the mask of every image the sheet shows (`attention_maps.AttentionLookup`),
+    each image with its mask file: the gallery's own, else as --mask_policy says (an
+    export that makes masks in its graph: made here, so that the sheet can show them)."""
+    from mgcam_tf.retrieval import attention_maps, user_images
+
+    gallery_masks = dict(zip(gallery.paths, gallery.masks))
+    shown = list(dict.fromkeys([*queries, *(m.path for ms in results for m in ms)]))
+    given = [gallery_masks.get(p) if os.path.isfile(gallery_masks.get(p) or "") else None
+             for p in shown]
+    with tempfile.TemporaryDirectory(prefix="mgcam-search-attention-") as tmp:
+        masks = user_images.resolve_masks(shown, FLAGS.mask_policy, given=given,
+                                          cache_dir=tmp, model_path=FLAGS.mask_model or None)
+        maps, used = attention_maps.attention_for_files(embedder, shown, masks,
+                                                        batch_size=FLAGS.batch_size)
+    return attention_maps.lookup(shown, maps, used)
 
 
 def run():

@@ -103,7 +103,9 @@ _HELP = {
     "stage": "1: MGCAM (no Siamese loss, random batches); 2: MGCAM-Siamese (pair batches, "
              "start from --init_from). Without --experiment/--config it also picks the "
              "paper's solver of that stage.",
-    "init_from": "A run folder to start from (stage 2: the stage-1 run).",
+    "init_from": "Model directory or preset name to start from: stage 2 from stage 1, or "
+                 "fine-tuning a preset (mgcam_siamese_cuhk03) on other identities, whose "
+                 "classifiers then start fresh.",
     "total_steps": "Iterations.",
     "checkpoint_every": "Steps between checkpoints.",
     "log_every": "Steps between TensorBoard scalars.",

@@ -595,6 +595,23 @@ def eval_dataset(split: Split, batch_size: int, *,
     return batches.prefetch(AUTOTUNE).with_options(_options())
 
 
+def file_batches(image_paths, mask_paths, batch_size: int):
+    """rgbm batches float32 [B, 160, 64, 4], in order, of image files (any size) with
+    their mask files (None: no mask, all body; a mask of another size than its
+    image is resized on its own): `eval_dataset` over files that are not a data
+    set. A file that cannot be read or decoded is a DataError naming it."""
+    n = len(image_paths)
+    split = Split(image_paths=tuple(map(str, image_paths)),
+                  mask_paths=tuple(None if m is None else str(m) for m in mask_paths),
+                  pids=np.zeros(n, np.int64), camids=np.zeros(n, np.int64))
+    try:
+        for batch in eval_dataset(split, batch_size, mask_size_mismatch="resize"):
+            yield batch["rgbm"]
+    except tf.errors.InvalidArgumentError as err:
+        message = " ".join(err.message.split("\n")[0].split())
+        raise DataError(message.replace("assertion failed: ", "")) from None
+
+
 _ERROR_TAG = "mgcam_tf: "
 
 

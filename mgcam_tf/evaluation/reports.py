@@ -290,14 +290,16 @@ def write_cmc_curve(path: str | os.PathLike, curves: dict[str, np.ndarray],
 # --------------------------------------------------------------------------
 # Ranked lists
 
-def _read_tile(path: str, height: int, width: int) -> np.ndarray:
-    """An image file (JPEG, PNG, BMP, GIF) as uint8 [height, width, 3], resized."""
+def read_tile(path: str, height: int, width: int) -> np.ndarray:
+    """An image file (JPEG, PNG, BMP, GIF) as uint8 [height, width, 3], resized (the
+    pictures of the ranked lists, of mgcam-search's sheets and of the attention maps)."""
     import tensorflow as tf  # only here: the rest of this module needs no TF
 
     try:
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     except (tf.errors.OpError, ValueError) as err:
-        raise DataError(f"{path}: cannot read image for the ranked list ({err})") from None
+        raise DataError(f"{path}: cannot read image for the picture "
+                        f"({str(err).splitlines()[0]})") from None
     image = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
     return np.clip(np.rint(image.numpy()), 0, 255).astype(np.uint8)
 
@@ -307,7 +309,7 @@ def ranked_list_image(distmat: np.ndarray, query_paths: Sequence[str],
                       query_camids: np.ndarray, gallery_pids: np.ndarray,
                       gallery_camids: np.ndarray, *, queries: Sequence[int] | None = None,
                       num_queries: int = 8, top_k: int = 10, tile_height: int = 128,
-                      tile_width: int = 64) -> np.ndarray:
+                      tile_width: int = 64, tile_panels=None) -> np.ndarray:
     """uint8 image: one row per query, the query then its top_k gallery items.
 
     Items the protocol ignores (same id and camera, id -1) are left out, as in
@@ -317,6 +319,9 @@ def ranked_list_image(distmat: np.ndarray, query_paths: Sequence[str],
     Args:
       distmat: float [Q, G]; paths, ids and cameras aligned with its rows/columns.
       queries: query indices to show; default the first `num_queries`.
+      tile_panels: (path, tile) -> the tiles shown for that image, side by side
+        (`mgcam_tf.retrieval.attention_maps`: the image, Phi+ and the mask);
+        None: the image alone.
     """
     distmat = np.asarray(distmat)
     nq, ng = distmat.shape
@@ -329,24 +334,30 @@ def ranked_list_image(distmat: np.ndarray, query_paths: Sequence[str],
     if not queries or min(queries) < 0 or max(queries) >= nq:
         raise ConfigError(f"ranked list: query indices must be in 0..{nq - 1}")
     gp, gc = np.asarray(gallery_pids), np.asarray(gallery_camids)
+
+    def tile_of(path: str) -> np.ndarray:
+        tile = read_tile(path, tile_height, tile_width)
+        return tile if tile_panels is None else np.concatenate(tile_panels(path, tile), axis=1)
+
+    first = tile_of(query_paths[queries[0]])
     gap = 8
-    row_h, cell_w = tile_height + 16, tile_width + 4
+    row_h, cell_w = tile_height + 16, first.shape[1] + 4
     canvas = np.full((len(queries) * row_h + 4, (top_k + 1) * cell_w + gap + 4, 3), 255, np.uint8)
     for r, q in enumerate(queries):
         junk = (gp == -1) | ((gp == query_pids[q]) & (gc == query_camids[q]))
         order = np.argsort(distmat[q], kind="stable")
         order = order[~junk[order]][:top_k]
         y = r * row_h + 14
-        tile = _read_tile(query_paths[q], tile_height, tile_width)
+        tile = first if r == 0 else tile_of(query_paths[q])
         draw_border(tile, BLUE)
-        canvas[y:y + tile_height, 2:2 + tile_width] = tile
+        canvas[y:y + tile_height, 2:2 + tile.shape[1]] = tile
         draw_text(canvas, f"Q{q}", 2, y - 10, BLUE)
         for k, gidx in enumerate(order):
-            tile = _read_tile(gallery_paths[gidx], tile_height, tile_width)
+            tile = tile_of(gallery_paths[gidx])
             match = gp[gidx] == query_pids[q]
             draw_border(tile, GREEN if match else RED)
             x = 2 + gap + (k + 1) * cell_w
-            canvas[y:y + tile_height, x:x + tile_width] = tile
+            canvas[y:y + tile_height, x:x + tile.shape[1]] = tile
             draw_text(canvas, str(k + 1), x, y - 10, GREEN if match else RED)
     return canvas
 

@@ -14,6 +14,7 @@ which terms, the command that made it and the evaluation figures it reaches
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 from mgcam_tf.errors import ConfigError
@@ -33,6 +34,19 @@ def preset_dir(name: str) -> pathlib.Path:
     if not (folder / PRESET_FILE).is_file():
         raise ConfigError(f"--preset={name}: no such preset; this installation has "
                           f"{', '.join(list_presets()) or 'none'}")
+    return folder
+
+
+def model_dir_or_preset(value: os.PathLike | str) -> pathlib.Path:
+    """A model directory named by its folder or by a preset's name.
+
+    `mgcam-train --init_from=mgcam_siamese_cuhk03` fine-tunes the preset; an
+    existing folder of that name wins over the preset, and a value that is
+    neither is returned as it is, for the model-directory checks to name.
+    """
+    folder = pathlib.Path(value)
+    if not folder.exists() and str(value) in list_presets():
+        return preset_dir(str(value))
     return folder
 
 

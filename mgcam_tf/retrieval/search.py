@@ -104,27 +104,51 @@ def _settings_lines(settings: Mapping[str, object] | None) -> list[tuple[str, st
 def _thumbnail_uri(path: str, height: int = 128, width: int = 64) -> str:
     """The image as a data: URI, a JPEG thumbnail of the sheet's tile size, so
     that the page holds its pictures (it can be mailed or moved alone)."""
+    from mgcam_tf.evaluation import reports
+
+    return _jpeg_uri(reports.read_tile(path, height, width))
+
+
+def _jpeg_uri(tile: np.ndarray) -> str:
     import base64
 
     import tensorflow as tf
 
-    jpeg = tf.io.encode_jpeg(_tile(path, height, width), quality=90).numpy()
+    jpeg = tf.io.encode_jpeg(tile, quality=90).numpy()
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
+def _attention_html(path: str, attention) -> str:
+    """The image, Phi+ over it and its mask over it, side by side (`attention_maps`)."""
+    from mgcam_tf.evaluation import reports
+    from mgcam_tf.retrieval import attention_maps
+
+    name = html.escape(os.path.basename(path))
+    panels = attention_maps.sheet_panels(reports.read_tile(path, 128, 64), path, attention)
+    return '<div class="att">' + "".join(
+        f'<img class="p{i}" src="{_jpeg_uri(tile)}" alt="{name}: {what}" title="{what}">'
+        for i, (tile, what) in enumerate(zip(panels, attention_maps.PANELS))) + "</div>"
+
+
 def sheet_html(query_paths: Sequence[str], results: Sequence[Sequence[Match]],
-               settings: Mapping[str, object] | None = None) -> str:
+               settings: Mapping[str, object] | None = None, attention=None) -> str:
     """A self-contained HTML page: the model and settings (`settings`, e.g.
     export, fingerprint, preset, top_k, distance), then per query its image and
     the ranked gallery images, right matches marked with a green frame and
     MARK_RIGHT, wrong ones with a red frame and MARK_WRONG when both ids are
-    known (`match_verdict`). Thumbnails are inline (data: URIs, JPEG)."""
+    known (`match_verdict`). Thumbnails are inline (data: URIs, JPEG).
+
+    attention: an `attention_maps.AttentionLookup`; each image is then shown
+    with Phi+ and its mask over it, side by side.
+    """
     uris: dict[str, str] = {}
 
     def img(path: str) -> str:
         if path not in uris:   # a gallery image may rank for several queries
-            uris[path] = _thumbnail_uri(path)
-        return f'<img src="{uris[path]}" alt="{html.escape(os.path.basename(path))}">'
+            uris[path] = (f'<img src="{_thumbnail_uri(path)}" '
+                          f'alt="{html.escape(os.path.basename(path))}">'
+                          if attention is None else _attention_html(path, attention))
+        return uris[path]
 
     from mgcam_tf.retrieval.user_images import identity_of
 
@@ -151,7 +175,10 @@ def sheet_html(query_paths: Sequence[str], results: Sequence[Sequence[Match]],
                    for k, v in _settings_lines(settings))
     legend = (f'<p class="legend"><span class="right">{MARK_RIGHT} same id as the query</span> '
               f'<span class="wrong">{MARK_WRONG} another id</span> (ids from the file names; '
-              'no mark: unknown)</p>')
+              'no mark: unknown)'
+              + ('<br>Each image, then Phi+ over it (MGCAM\'s contrastive attention, blue low, '
+                 'red high), then the mask it was given (background dimmed).'
+                 if attention is not None else '') + '</p>')
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>mgcam-search</title>"
             "<style>body{font:12px sans-serif}table.r td{text-align:center;font:11px sans-serif;"
             "padding:4px;border:3px solid transparent;vertical-align:top;"
@@ -161,21 +188,11 @@ def sheet_html(query_paths: Sequence[str], results: Sequence[Sequence[Match]],
             "td.right,span.right{border-color:#28aa3c!important;color:#1a7a2a}"
             "td.wrong,span.wrong{border-color:#d72828!important;color:#b01e1e}"
             "span.mark{font-weight:bold}table.s th{text-align:left;padding-right:8px}"
+            "div.att{display:flex;gap:2px;justify-content:center}div.att img{margin:0}"
+            "table.r td:has(div.att){max-width:204px}"
             "</style></head><body><h3>mgcam-search</h3>\n"
             f'<table class="s">{info}</table>\n{legend}\n<table class="r">\n'
             + "\n".join(rows) + "\n</table></body></html>\n")
-
-
-def _tile(path: str, height: int, width: int) -> np.ndarray:
-    import tensorflow as tf
-
-    try:
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    except (tf.errors.OpError, ValueError) as err:
-        raise DataError(f"{path}: cannot read image for the sheet "
-                        f"({str(err).splitlines()[0]})") from None
-    image = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
-    return np.clip(np.rint(image.numpy()), 0, 255).astype(np.uint8)
 
 
 def _sheet_layout(query_paths: Sequence[str], results: Sequence[Sequence[Match]],
@@ -229,37 +246,49 @@ def sheet_labels(query_paths: Sequence[str], results: Sequence[Sequence[Match]],
 
 def sheet_image(query_paths: Sequence[str], results: Sequence[Sequence[Match]],
                 tile_height: int = 128, tile_width: int = 64,
-                settings: Mapping[str, object] | None = None) -> np.ndarray:
+                settings: Mapping[str, object] | None = None, attention=None) -> np.ndarray:
     """uint8 [H, W, 3]: the settings as a header, then per query a row with the
     query (blue border) and its ranked gallery images, each with its rank and
     distance above it; right matches framed green with MARK_RIGHT, wrong ones red
-    with MARK_WRONG, when the ids are known (`match_verdict`)."""
-    from mgcam_tf.evaluation import reports
+    with MARK_WRONG, when the ids are known (`match_verdict`).
 
-    shape, tiles, texts = _sheet_layout(query_paths, results, settings, tile_height, tile_width)
+    attention: an `attention_maps.AttentionLookup`; each tile is then the
+    image, Phi+ over it and its mask over it, side by side.
+    """
+    from mgcam_tf.evaluation import reports
+    from mgcam_tf.retrieval import attention_maps
+
+    panels = 1 if attention is None else len(attention_maps.PANELS)
+    shape, tiles, texts = _sheet_layout(query_paths, results, settings, tile_height,
+                                        tile_width * panels)
     canvas = np.full(shape, 255, np.uint8)
     for path, y, x, color, border in tiles:
-        tile = _tile(path, tile_height, tile_width)
+        tile = np.concatenate(attention_maps.sheet_panels(
+            reports.read_tile(path, tile_height, tile_width), path, attention), axis=1)
         reports.draw_border(tile, color, width=border)
-        canvas[y:y + tile_height, x:x + tile_width] = tile
+        canvas[y:y + tile_height, x:x + tile.shape[1]] = tile
     for text, x, y, color in texts:
         reports.draw_text(canvas, text, x, y, color)
     return canvas
 
 
 def write_sheet(path: str, query_paths: Sequence[str], results: Sequence[Sequence[Match]],
-                settings: Mapping[str, object] | None = None) -> None:
+                settings: Mapping[str, object] | None = None, attention=None) -> None:
     """The sheet as HTML (`.html`, self-contained) or PNG (`.png`), written atomically.
 
     settings: what made it, shown at the top (model export, fingerprint,
     preset, top_k, distance, ...), in this order.
+    attention: an `attention_maps.AttentionLookup` of the queries and results:
+    Phi+ and the mask shown beside each image.
     """
     from mgcam_tf.evaluation import reports
 
     ext = os.path.splitext(path)[1].lower()
     if ext == ".html":
-        atomic_files.write_bytes(path, sheet_html(query_paths, results, settings).encode())
+        atomic_files.write_bytes(path, sheet_html(query_paths, results, settings,
+                                                  attention).encode())
     elif ext == ".png":
-        reports.write_png(path, sheet_image(query_paths, results, settings=settings))
+        reports.write_png(path, sheet_image(query_paths, results, settings=settings,
+                                            attention=attention))
     else:
         raise ConfigError(f"{path}: the sheet must end in .html or .png")

@@ -105,26 +105,17 @@ class SavedModelEmbedder:
         Raises:
           DataError: a file that cannot be read or decoded (named).
         """
-        import tensorflow as tf
-
-        from mgcam_tf.data import layouts, pipeline
+        from mgcam_tf.data import pipeline
 
         n = len(image_paths)
         if n == 0:
             raise DataError("no image to embed")
-        split = layouts.Split(image_paths=tuple(map(str, image_paths)),
-                              mask_paths=tuple(None if m is None else str(m) for m in mask_paths),
-                              pids=np.zeros(n, np.int64), camids=np.zeros(n, np.int64))
         chunks, done = [], 0
-        try:
-            for batch in pipeline.eval_dataset(split, batch_size, mask_size_mismatch="resize"):
-                chunks.append(self.embed_rgbm(batch["rgbm"]))
-                done += len(chunks[-1])
-                if progress is not None:
-                    progress(done, n)
-        except tf.errors.InvalidArgumentError as err:
-            message = " ".join(err.message.split("\n")[0].split())
-            raise DataError(message.replace("assertion failed: ", "")) from None
+        for rgbm in pipeline.file_batches(image_paths, mask_paths, batch_size):
+            chunks.append(self.embed_rgbm(rgbm))
+            done += len(chunks[-1])
+            if progress is not None:
+                progress(done, n)
         return np.concatenate(chunks)
 
     def embed_image_files(self, image_paths: Sequence[str], *, batch_size: int = 64,

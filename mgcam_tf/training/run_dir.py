@@ -23,6 +23,7 @@ import shutil
 import socket
 import keras
 import tensorflow as tf
+from keras import ops
 from mgcam_tf.modeling import models
 from mgcam_tf.errors import ConfigError, OutputError
 from mgcam_tf import atomic_files
@@ -185,17 +186,75 @@ def initialise_from(model: keras.Model, model_dir: os.PathLike) -> str:
     its own schedule from step 0 with fresh momentum, as a Caffe solver given
     --weights does (keeping the count would make stage 2 of the default flags,
     20,000 steps after 75,000, end before it starts).
+
+    Fine-tuning on other identities: when the two models differ only in
+    `num_ids`, everything but the identity classifiers is restored and the
+    classifiers keep their fresh initialisation (as Caffe's --weights does
+    for a renamed layer, and torchreid's load_pretrained_weights for the
+    size-mismatched ones); a warning on the `mgcam_tf` logger names them.
+    Another architecture or input mode is still refused.
     """
     other, mine = read_model_config(model_dir), models.serialize(model)
-    if other != mine:
+    if other != mine and not _differ_in_identities_only(other, mine):
         raise ConfigError(f"--init_from {model_dir} holds another model ({other['class_name']} "
                           f"{other['config']}) than this run's ({mine['class_name']} "
                           f"{mine['config']})")
     source = checkpoint_manager(model_dir, model)
     if source.latest_checkpoint is None:
         raise ConfigError(f"--init_from {model_dir} holds no checkpoint")
-    restore_complete(source.checkpoint, source.latest_checkpoint, f"--init_from {model_dir}")
+    if other == mine:
+        restore_complete(source.checkpoint, source.latest_checkpoint, f"--init_from {model_dir}")
+        return source.latest_checkpoint
+    fresh = restore_all_but_classifiers(model, other, source.latest_checkpoint,
+                                        f"--init_from {model_dir}")
+    logging.getLogger("mgcam_tf").warning(
+        "--init_from %s: every weight restored but the identity classifiers (%s), which start "
+        "fresh: the checkpoint classifies %d identities, this run's data %d",
+        model_dir, ", ".join(dict.fromkeys(name.rsplit("/", 1)[0] for name in fresh)),
+        other["config"]["num_ids"], mine["config"]["num_ids"])
     return source.latest_checkpoint
+
+
+def _differ_in_identities_only(other: dict, mine: dict) -> bool:
+    def rest(config: dict) -> dict:
+        return {k: v for k, v in config["config"].items() if k != "num_ids"}
+
+    return other["class_name"] == mine["class_name"] and rest(other) == rest(mine)
+
+
+def _path_in_model(variable) -> str:
+    # A variable's path starts with its model's name ("mgcam/", "mgcam_1/"...),
+    # which differs between two models built in one process.
+    return variable.path.split("/", 1)[1]
+
+
+def restore_all_but_classifiers(model: keras.Model, source_config: dict, path: str,
+                                what: str) -> list[str]:
+    """Restores checkpoint `path` of the model `source_config` (the same network with
+    another `num_ids`) into `model`, all but the identity classifiers.
+
+    The checkpoint is read whole into a model of its own configuration (so
+    that a missing weight is the same ConfigError as `restore_complete`),
+    then every weight of the same name and shape is copied. Returns the
+    names of the weights left as they were: the classifiers' kernels and
+    biases, whose shape [feature_dim, num_ids] differs.
+    """
+    source = models.model_from_config(source_config)
+    restore_complete(tf.train.Checkpoint(model=source), path, what)
+    stored = {_path_in_model(v): v for v in source.weights}
+    fresh = []
+    for variable in model.weights:
+        name = _path_in_model(variable)
+        if name not in stored:
+            raise ConfigError(f"{what}: checkpoint {path} has no weight {name}")
+        if tuple(stored[name].shape) == tuple(variable.shape):
+            variable.assign(ops.cast(stored[name].value, variable.dtype))
+        elif name.rsplit("/", 2)[-2] == "classifier":
+            fresh.append(name)
+        else:
+            raise ConfigError(f"{what}: weight {name} has shape {tuple(stored[name].shape)} "
+                              f"there, {tuple(variable.shape)} here")
+    return fresh
 
 
 LOCK_FILE = ".trainer.lock"

@@ -28,6 +28,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from mgcam_tf import presets
 from mgcam_tf.modeling import models
 from mgcam_tf.modeling.objective import MGCAMObjective
 from mgcam_tf.training import callbacks as run_callbacks
@@ -94,7 +95,7 @@ def _train(model_dir, dataset, model_config, solver, objective, run, *, strategy
         manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         done = run_dir.checkpoint_step(manager.latest_checkpoint)
     elif init_from:
-        run_dir.initialise_from(network, init_from)
+        run_dir.initialise_from(network, presets.model_dir_or_preset(init_from))
     if done >= run.total_steps:
         return model
     scratch_dir = None

@@ -25,13 +25,14 @@ TOOLS = console_scripts()
 # (--saved_model / --model_dir are one of two with --preset: not marked required.)
 REQUIRED = {"mgcam-train": ["model_dir"], "mgcam-export": ["export_dir"],
             "mgcam-masks": ["data_dir"], "mgcam-search": ["gallery"],
-            "mgcam-verify": [], "mgcam-extract": ["image_dir", "output_dir"]}
+            "mgcam-verify": [], "mgcam-extract": ["image_dir", "output_dir"],
+            "mgcam-attention": ["image_dir", "output_dir"]}
 
 
 def test_every_console_script_is_covered():
     assert set(TOOLS) == {"mgcam-train", "mgcam-eval", "mgcam-masks", "mgcam-export",
                           "mgcam-extract", "mgcam-search", "mgcam-verify",
-                          "mgcam-serving-client"}
+                          "mgcam-serving-client", "mgcam-attention"}
 
 
 @pytest.mark.parametrize("tool", sorted(TOOLS))
