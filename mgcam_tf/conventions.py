@@ -84,3 +84,8 @@ ATTENTION_MODES = ("soft", "hard", "none")
 # Keras dtype policies: variables stay float32 under all three, so a
 # checkpoint restores into a model of any of them.
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# MSCAN stages that may take IBN-Net's instance norm: the shallow ones, shared
+# by the three streams (Pan et al., ECCV 2018, put it in the early layers only).
+IBN_STAGES = ("stage1", "stage2")
+# The test-time feature: h, or its BNNeck-normalised copy (Luo et al., CVPR-W 2019).
+RETRIEVAL_FEATURES = ("h", "bnneck")

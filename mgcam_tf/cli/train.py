@@ -136,11 +136,22 @@ _NO_FLAG = ("official_pull_margin", "official_push_margin")
 
 def _define_field_flags() -> None:
     """One flag per configuration field, typed and with the field's choices."""
+    from mgcam_tf import conventions
+    from mgcam_tf.data import augment, layouts
+    from mgcam_tf.modeling import objective
     from mgcam_tf.training import config
 
-    choices = {"layout": None, "missing_masks": config.MISSING_MASK_POLICIES,
+    # absl checks these at parsing, naming the flag and the value given.
+    choices = {"layout": layouts.layout_names(), "missing_masks": config.MISSING_MASK_POLICIES,
                "sampler": config.SAMPLERS, "pair_sampling": config.PAIR_SAMPLINGS,
-               "stage": config.STAGES, "strategy": config.STRATEGIES}
+               "stage": config.STAGES, "strategy": config.STRATEGIES,
+               "architecture": conventions.ARCHITECTURES, "input_mode": conventions.INPUT_MODES,
+               "attention": ("soft", "hard"),
+               "mixed_precision": (*conventions.PRECISIONS, "auto"),
+               "region_loss": objective.REGION_LOSSES, "siamese_loss": objective.SIAMESE_LOSSES,
+               "optimizer": config.OPTIMIZERS, "lr_schedule": config.LR_SCHEDULES,
+               "erasing_scope": augment.ERASING_SCOPES,
+               "retrieval_feature": conventions.RETRIEVAL_FEATURES}
     for section, kind in config.SECTIONS.items():
         hints = typing.get_type_hints(kind)
         for field in dataclasses.fields(kind):
@@ -239,8 +250,11 @@ def main(argv):
     # One bar over the whole run: fit's own (verbose=1) restarts every
     # checkpoint interval, which is its "epoch" here.
     bar = ProgressBar("training", schedule.total_steps, enabled=FLAGS.progress and chief)
+    from mgcam_tf import presets
+
+    init_from = schedule.init_from and presets.model_dir_or_preset(schedule.init_from)
     model, dataset = trainer.train_experiment(
-        experiment, FLAGS.model_dir, strategy=strategy,
+        experiment, FLAGS.model_dir, strategy=strategy, init_from_dir=init_from or None,
         callbacks=[callbacks.TrainingProgress(bar, schedule.total_steps)],
         extra_callbacks=evaluation_callbacks, verbose=0)
     bar.close()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from mgcam_tf.conventions import ARCHITECTURES, ATTENTION_MODES, INPUT_MODES, PRECISIONS
+from mgcam_tf.conventions import (ARCHITECTURES, ATTENTION_MODES, IBN_STAGES, INPUT_MODES,
+                                  PRECISIONS, RETRIEVAL_FEATURES)
 from mgcam_tf.errors import ConfigError
 from mgcam_tf.modeling.layers import ContrastiveAttention, MultiScaleContext, StreamHead, caffe_batch_norm, conv_bn, xavier_conv
 
@@ -41,10 +42,6 @@ def binary_mask_at_features(rgbm):
     return ops.cast(pooled > 0.5, rgbm.dtype)
 
 
-# MSCAN stages that may take IBN-Net's instance norm: the shallow ones, shared
-# by the three streams (Pan et al. put it in the early layers only).
-IBN_STAGES = ("stage1", "stage2")
-RETRIEVAL_FEATURES = ("h", "bnneck")
 
 
 def _check_recipe_options(bnneck: bool, ibn_stages, retrieval_feature: str,

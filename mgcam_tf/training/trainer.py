@@ -28,7 +28,6 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from mgcam_tf import presets
 from mgcam_tf.modeling import models
 from mgcam_tf.modeling.objective import MGCAMObjective
 from mgcam_tf.training import callbacks as run_callbacks
@@ -95,7 +94,7 @@ def _train(model_dir, dataset, model_config, solver, objective, run, *, strategy
         manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         done = run_dir.checkpoint_step(manager.latest_checkpoint)
     elif init_from:
-        run_dir.initialise_from(network, presets.model_dir_or_preset(init_from))
+        run_dir.initialise_from(network, init_from)
     if done >= run.total_steps:
         return model
     scratch_dir = None
@@ -180,8 +179,12 @@ def training_batches(config: ExperimentConfig, train_split, replicas: int) -> tf
 def train_experiment(config: ExperimentConfig, model_dir: os.PathLike, *,
                      strategy: tf.distribute.Strategy | None = None,
                      callbacks: Sequence[keras.callbacks.Callback] = (),
-                     extra_callbacks=None, verbose: int | str = 0):
+                     extra_callbacks=None, verbose: int | str = 0,
+                     init_from_dir: os.PathLike | None = None):
     """Trains `config` into `model_dir` (resuming it): returns (task, the data set).
+
+    init_from_dir: the folder `config.schedule.init_from` names, where that is a
+    name the caller resolved (a preset's: `presets.model_dir_or_preset`).
 
     extra_callbacks: called with (strategy, data set) once the data is read, returns
     more callbacks (evaluation during training needs the data set's query/gallery).
@@ -204,7 +207,7 @@ def train_experiment(config: ExperimentConfig, model_dir: os.PathLike, *,
     model = train(model_dir, batches, config.model.serialized(num_ids), config.optimizer,
                   config.objective(), run, strategy=strategy,
                   synchronized_bn=config.runtime.sync_bn,
-                  init_from=config.schedule.init_from or None,
+                  init_from=init_from_dir or config.schedule.init_from or None,
                   settings=recorded.flat(), experiment=recorded.to_dict(),
                   mixed_precision=mixed, callbacks=[*callbacks, *more], verbose=verbose)
     return model, dataset
