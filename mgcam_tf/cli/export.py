@@ -184,7 +184,7 @@ def main(argv):
     tf.get_logger().setLevel("ERROR")
     _check_format_flags()
     model_dir = model_dir_or_preset()
-    model = run_dir.load_trained_model(model_dir)
+    model = run_dir.load_trained_model(model_dir, allow_older=False)
     metadata = {"model_dir": os.path.abspath(model_dir),
                 "model": run_dir.read_model_config(model_dir)}
     if FLAGS.preset:

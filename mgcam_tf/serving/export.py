@@ -321,7 +321,7 @@ def export_model_dir(model_dir: os.PathLike, export_base: os.PathLike,
     """
     from mgcam_tf.training import run_dir
 
-    model = run_dir.load_trained_model(model_dir)
+    model = run_dir.load_trained_model(model_dir, allow_older=False)
     info = {"model_dir": os.path.abspath(os.fspath(model_dir)),
             "model": run_dir.read_model_config(model_dir), **(metadata or {})}
     return export_saved_model(model, export_base, version, metadata=info,

@@ -129,14 +129,76 @@ def checkpoint_step(path: str) -> int:
     return int(path.rsplit("-", 1)[1])
 
 
-def load_trained_model(model_dir: os.PathLike) -> models.MGCAM:
-    """The model of a model directory with the weights of its latest checkpoint."""
+def load_trained_model(model_dir: os.PathLike, *, allow_older: bool = True) -> models.MGCAM:
+    """The model of a model directory with the weights of its latest checkpoint.
+
+    Args:
+      allow_older: when the latest checkpoint cannot be read (a truncated
+        data file), restore the newest intact one with a warning naming the
+        skipped one (evaluation); False: refuse (export, which must not
+        export older weights silently).
+    """
     model = models.model_from_config(read_model_config(model_dir))
     manager = checkpoint_manager(model_dir, model)
     if manager.latest_checkpoint is None:
         raise ConfigError(f"{model_dir} holds no checkpoint yet: train it first")
-    restore_complete(manager.checkpoint, manager.latest_checkpoint, str(model_dir))
+    restore_newest_intact(manager, str(model_dir), allow_older=allow_older)
     return model
+
+
+class UnreadableCheckpoint(ConfigError):
+    """A checkpoint whose files cannot be read whole (truncated, corrupt)."""
+
+
+# What reading a damaged checkpoint raises: TF's own errors, and the Python
+# reader's IndexError ("Read less bytes than requested") for a truncated file.
+_DAMAGED_CHECKPOINT_ERRORS = (tf.errors.OpError, IndexError, ValueError, OSError, EOFError)
+
+
+def _damaged_file(path: str) -> str:
+    """The file of checkpoint `path` to name in a message: its data file (the one a
+    truncation hits) when there is exactly one, else the checkpoint's prefix."""
+    data = sorted(pathlib.Path(path).parent.glob(pathlib.Path(path).name + ".data-*"))
+    return str(data[0]) if len(data) == 1 else path
+
+
+def restore_newest_intact(manager: tf.train.CheckpointManager, what: str, *,
+                          allow_older: bool = True) -> str | None:
+    """Restores the newest of `manager`'s checkpoints that reads whole; returns its path
+    (None when there is none).
+
+    A damaged checkpoint is skipped with a warning naming its file on the
+    `mgcam_tf` logger when `allow_older`, else refused.
+
+    Raises:
+      UnreadableCheckpoint: the latest is damaged and not `allow_older`, or
+        every checkpoint is; one line naming the file.
+      ConfigError: as `restore_complete`.
+    """
+    candidates = list(reversed(manager.checkpoints))
+    if manager.latest_checkpoint and manager.latest_checkpoint not in candidates:
+        candidates.insert(0, manager.latest_checkpoint)
+    skipped = []
+    for path in candidates:
+        try:
+            restore_complete(manager.checkpoint, path, what)
+        except _DAMAGED_CHECKPOINT_ERRORS as err:
+            reason = " ".join(str(err).split())[:200] or type(err).__name__
+            problem = f"checkpoint {_damaged_file(path)} cannot be read ({reason})"
+            if not allow_older:
+                raise UnreadableCheckpoint(
+                    f"{what}: {problem}; refusing to use an older checkpoint: delete "
+                    "the damaged one or restore it from a copy") from None
+            logging.getLogger("mgcam_tf").warning("%s: %s; skipping it", what, problem)
+            skipped.append(problem)
+            continue
+        if skipped:
+            logging.getLogger("mgcam_tf").warning("%s: restored the newest intact checkpoint %s",
+                                                  what, path)
+        return path
+    if skipped:
+        raise UnreadableCheckpoint(f"{what}: no checkpoint can be read ({skipped[0]})")
+    return None
 
 
 def model_fingerprint(model_dir: os.PathLike) -> str:
