@@ -96,6 +96,11 @@ def _write_generated(images: Sequence[str], targets: Sequence[str],
     from mgcam_tf.segmentation import segmenter as segmentation_model
     from mgcam_tf.segmentation import writer
 
+    # Masks made before (a rerun) are kept: the segmenter is not even loaded.
+    todo = [(i, t) for i, t in zip(images, targets) if not os.path.exists(t)]
+    if not todo:
+        return
+    images, targets = zip(*todo)
     if segmenter is None:
         # Threads with one interpreter each; existing files are skipped.
         writer.write_masks(list(images), list(targets), model_path=model_path)
