@@ -84,3 +84,8 @@ ATTENTION_MODES = ("soft", "hard", "none")
 # Keras dtype policies: variables stay float32 under all three, so a
 # checkpoint restores into a model of any of them.
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+# The mask entry of an image whose mask the export makes itself
+# (`user_images.resolve_masks(..., in_graph=True)`, `SavedModelEmbedder.embed_images`):
+# never a real file name. Here because serving and retrieval both read it.
+MASK_IN_GRAPH = "<mask made in the exported graph>"

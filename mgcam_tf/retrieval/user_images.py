@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from mgcam_tf.conventions import (CAMERA_TOKEN, IMAGE_EXTENSIONS, MASK_SUFFIX,
+from mgcam_tf.conventions import (CAMERA_TOKEN, IMAGE_EXTENSIONS, MASK_IN_GRAPH, MASK_SUFFIX,
                                   default_mask_path, is_image_file)
 from mgcam_tf.errors import ConfigError, DataError
 from mgcam_tf import atomic_files
@@ -115,9 +115,32 @@ def _write_generated(images: Sequence[str], targets: Sequence[str],
         atomic_files.write_bytes(target, data, make_parents=True)
 
 
-#: `resolve_masks(..., in_graph=True)` entry: the export makes this image's
-#: mask itself (`SavedModelEmbedder.embed_images`); never a real file name.
-MASK_IN_GRAPH = "<mask made in the exported graph>"
+
+
+def check_mask_size(image_path: str, mask_path: str, name: str) -> None:
+    """DataError unless the mask file has its image's height and width.
+
+    Training and evaluation refuse a mask of another size; resizing it
+    silently can flip a verdict. Sizes are read from the file headers.
+    """
+    import tensorflow as tf
+
+    from mgcam_tf.serving.limits import encoded_sizes
+
+    contents = []
+    for path in (image_path, mask_path):
+        try:
+            with open(path, "rb") as f:
+                contents.append(f.read())
+        except OSError as err:
+            raise DataError(f"{path}: cannot read it ({err.strerror})") from None
+    try:
+        (ih, iw), (mh, mw) = encoded_sizes(tf.constant(contents)).numpy().tolist()
+    except tf.errors.OpError:
+        return       # an undecodable file: the embedding names it
+    if (ih, iw) != (0, 0) and (mh, mw) != (0, 0) and (ih, iw) != (mh, mw):
+        raise DataError(f"{name}={mask_path}: the mask is {mw}x{mh} but its image {image_path} "
+                        f"is {iw}x{ih}; give the image's own mask (same size)")
 
 
 def resolve_masks(image_paths: Sequence[str], policy: str = "auto", *,

@@ -20,6 +20,40 @@ import numpy as np
 from mgcam_tf.errors import ConfigError, DataError
 
 
+def _decode_error(path: str, channels: int) -> Optional[str]:
+    """Why `path` cannot be decoded as an image (None: it can)."""
+    import tensorflow as tf
+
+    try:
+        tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+    except (tf.errors.OpError, OSError) as err:
+        lines = [ln.strip() for ln in getattr(err, "message", str(err)).splitlines()
+                 if ln.strip() and not ln.strip().startswith("[[")]
+        return lines[-1] if lines else type(err).__name__
+    return None
+
+
+def _raise_naming_the_file(err, image_paths: Sequence[str],
+                           mask_paths: Sequence[Optional[str]]):
+    """Raises DataError for a batch that failed in the graph, naming the file at fault.
+
+    The graph's decoders report their node ("map/while/cond/DecodeJpeg"), not
+    the element, so the files are decoded again one by one to find it; the
+    graph's own message (a named assertion) is kept when none fails alone.
+    """
+    for path, mask in zip(image_paths, mask_paths):
+        for name, channels, what in ((path, 3, "image"), (mask, 0, "mask")):
+            if name and os.path.isfile(name):
+                reason = _decode_error(str(name), channels)
+                if reason is not None:
+                    raise DataError(f"{name}: cannot decode the {what} ({reason})") from None
+    found = re.search(r"assertion failed: \[(.*)\]", err.message)
+    lines = [ln.strip() for ln in err.message.splitlines() if ln.strip()]
+    message = found.group(1) if found else " ".join(err.message.split("\n")[0].split())
+    raise DataError(message.replace("assertion failed: ", "") or
+                    (lines[-1] if lines else str(err))) from None
+
+
 class SavedModelEmbedder:
     """An export of `mgcam_tf.serving.export`, loaded once.
 
@@ -123,8 +157,7 @@ class SavedModelEmbedder:
                 if progress is not None:
                     progress(done, n)
         except tf.errors.InvalidArgumentError as err:
-            message = " ".join(err.message.split("\n")[0].split())
-            raise DataError(message.replace("assertion failed: ", "")) from None
+            _raise_naming_the_file(err, image_paths, mask_paths)
         return np.concatenate(chunks)
 
     def embed_image_files(self, image_paths: Sequence[str], *, batch_size: int = 64,
@@ -167,9 +200,12 @@ class SavedModelEmbedder:
                 lines = [ln.strip() for ln in err.message.splitlines() if ln.strip()]
                 message = found.group(1) if found else (lines[-1] if lines else str(err))
                 # The graph names the element ("image_bytes[3]"); name the file.
+                named = message
                 for k, path in enumerate(paths):
-                    message = message.replace(f"{export.INPUT_IMAGE_BYTES}[{k}]", path)
-                raise DataError(message) from None
+                    named = named.replace(f"{export.INPUT_IMAGE_BYTES}[{k}]", path)
+                if named == message:     # a decoder's error names no element: find it
+                    _raise_naming_the_file(err, paths, [None] * len(paths))
+                raise DataError(named) from None
             chunks.append(out[export.OUTPUT_EMBEDDING].numpy())
             if progress is not None:
                 progress(start + len(paths), n)
@@ -178,8 +214,8 @@ class SavedModelEmbedder:
     def embed_images(self, image_paths: Sequence[str], mask_paths: Sequence[Optional[str]],
                      *, batch_size: int = 64) -> np.ndarray:
         """`embed_files`, except that images whose mask is
-        `user_images.MASK_IN_GRAPH` go through `embed_image_files`."""
-        from mgcam_tf.retrieval.user_images import MASK_IN_GRAPH
+        `conventions.MASK_IN_GRAPH` go through `embed_image_files`."""
+        from mgcam_tf.conventions import MASK_IN_GRAPH
 
         in_graph = [i for i, m in enumerate(mask_paths) if m == MASK_IN_GRAPH]
         files = [i for i, m in enumerate(mask_paths) if m != MASK_IN_GRAPH]
