@@ -126,14 +126,9 @@ def check_mask_size(image_path: str, mask_path: str, name: str) -> None:
     import tensorflow as tf
 
     from mgcam_tf.serving.limits import encoded_sizes
+    from mgcam_tf.serving.loader import read_files
 
-    contents = []
-    for path in (image_path, mask_path):
-        try:
-            with open(path, "rb") as f:
-                contents.append(f.read())
-        except OSError as err:
-            raise DataError(f"{path}: cannot read it ({err.strerror})") from None
+    contents = read_files([image_path, mask_path], "image or mask")
     try:
         (ih, iw), (mh, mw) = encoded_sizes(tf.constant(contents)).numpy().tolist()
     except tf.errors.OpError:

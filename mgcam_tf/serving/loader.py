@@ -20,6 +20,18 @@ import numpy as np
 from mgcam_tf.errors import ConfigError, DataError
 
 
+def read_files(paths: Sequence[str], what: str = "image") -> list[bytes]:
+    """The bytes of each file; DataError naming the one that cannot be read."""
+    contents = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                contents.append(f.read())
+        except OSError as err:
+            raise DataError(f"{path}: cannot read the {what} ({err.strerror})") from None
+    return contents
+
+
 def _decode_error(path: str, channels: int) -> Optional[str]:
     """Why `path` cannot be decoded as an image (None: it can)."""
     import tensorflow as tf
@@ -184,13 +196,7 @@ class SavedModelEmbedder:
         chunks = []
         for start in range(0, n, max(1, int(batch_size))):
             paths = [str(p) for p in image_paths[start:start + batch_size]]
-            contents = []
-            for path in paths:
-                try:
-                    with open(path, "rb") as f:
-                        contents.append(f.read())
-                except OSError as err:
-                    raise DataError(f"{path}: cannot read the image ({err.strerror})") from None
+            contents = read_files(paths)
             try:
                 out = self._image_bytes(**{export.INPUT_IMAGE_BYTES: tf.constant(contents)})
             except tf.errors.InvalidArgumentError as err:
