@@ -70,6 +70,18 @@ MASK_IN_GRAPH_SIGNATURES = (SIGNATURE_IMAGE, SIGNATURE_IMAGE_BYTES, SIGNATURE_IM
 # ==================================================================================
 # Input checks inside the graph
 
+def _runtime_rank(shape: tf.Tensor) -> tf.Tensor:
+    """The rank of a tensor from its run-time shape, never folded to a constant.
+
+    TF Serving feeds a request to the placeholder whatever its rank, but
+    Grappler folds `tf.size(tf.shape(x))` to the placeholder's declared rank,
+    which made the rank check vacuous (a rank-2 `image_bytes` reached the
+    decoder: "In[0] should be a scalar"). A mask computed from the shape's
+    values has no static length to fold.
+    """
+    return tf.size(tf.boolean_mask(shape, shape >= 0))
+
+
 def _check_batch(tensor: tf.Tensor, name: str, tail: tuple[int, ...], dtype: str,
                  limits: ServingLimits) -> tf.Tensor:
     """`tensor` after asserting, at run time, that it is [1 <= N <= max_batch, *tail]
@@ -82,7 +94,7 @@ def _check_batch(tensor: tf.Tensor, name: str, tail: tuple[int, ...], dtype: str
     expected = f"{dtype} [{', '.join(['N', *map(str, tail)])}] with N >= 1"
     shape = tf.shape(tensor)
     rank_ok = tf.debugging.assert_equal(
-        tf.size(shape), len(tail) + 1,
+        _runtime_rank(shape), len(tail) + 1,
         message=f"input {name} must be {expected}; got a tensor of another rank")
     with tf.control_dependencies([rank_ok]):
         # Padding the shape keeps the slice valid for the message even when
@@ -162,7 +174,7 @@ def _check_image_batch(tensor: tf.Tensor, name: str, limits: ServingLimits) -> t
     expected = "uint8 [N, H, W, 3] with N, H, W >= 1 (one size per request)"
     shape = tf.shape(tensor)
     rank_ok = tf.debugging.assert_equal(
-        tf.size(shape), 4, message=f"input {name} must be {expected}; got a tensor of another rank")
+        _runtime_rank(shape), 4, message=f"input {name} must be {expected}; got a tensor of another rank")
     with tf.control_dependencies([rank_ok]):
         dims = tf.concat([shape, tf.zeros([4], tf.int32)], 0)[:4]
     channels_ok = tf.debugging.Assert(

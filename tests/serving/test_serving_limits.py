@@ -282,3 +282,23 @@ def test_other_hostile_requests_are_refused(child_results, case, expected):
     got = child_results[case]
     assert got["message"] is not None and re.search(expected, got["message"]), got
     assert got["extra_mb"] < MAX_EXTRA_MB, got
+
+
+def test_rank2_bytes_get_the_rank_message_and_a_corrupt_file_is_named(image_export, tmp_path):
+    from mgcam_tf.errors import DataError
+    from mgcam_tf.serving.loader import SavedModelEmbedder
+
+    runner = SignatureRunner(str(image_export))
+    for signature in (export.SIGNATURE_IMAGE_BYTES, export.SIGNATURE_BYTES):
+        feeds = {"image_bytes": np.array([[b"x", b"y"]], object)}
+        if signature == export.SIGNATURE_BYTES:
+            feeds["mask_bytes"] = np.array([[b"", b""]], object)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="another rank"):
+            runner.run(signature, feeds)
+    good = tmp_path / "good.jpg"
+    good.write_bytes(tf.io.encode_jpeg(np.full((128, 64, 3), 90, np.uint8)).numpy())
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(good.read_bytes()[:200])       # a JPEG header, then nothing
+    embedder = SavedModelEmbedder(image_export)
+    with pytest.raises(DataError, match=f"{broken}: cannot decode the image"):
+        embedder.embed_image_files([str(good), str(broken)])
