@@ -39,7 +39,7 @@ from mgcam_tf.conventions import (ATTENTION_SIZE, IMAGE_HEIGHT, IMAGE_WIDTH, INP
                                   SIGNATURE_IMAGE_DETAILS, SIGNATURE_RGBM)
 from mgcam_tf.data.preprocess import preprocess
 from mgcam_tf.errors import ConfigError
-from mgcam_tf import atomic_files
+from mgcam_tf import atomic_files, process_lock
 from mgcam_tf.serving.limits import ServingLimits
 from mgcam_tf.serving.signatures import (MASK_IN_GRAPH_SIGNATURES, SIGNATURES,
                                          has_attention_output, serving_functions)
@@ -86,18 +86,6 @@ def resolve_export(path: os.PathLike) -> pathlib.Path:
     return path / str(versions[-1])
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # another user's live process
-        return True
-    except OverflowError:
-        return False
-    return True
-
-
 STALE_UNNAMED_EXPORT_SECONDS = 24 * 3600
 
 
@@ -119,7 +107,8 @@ def remove_stale_exports(export_base: os.PathLike) -> list[pathlib.Path]:
         found = re.fullmatch(r"\.\d+\.tmp-(\d+)-.*", leftover.name)
         try:
             if found:
-                stale = int(found.group(1)) != os.getpid() and not _pid_alive(int(found.group(1)))
+                stale = (int(found.group(1)) != os.getpid()
+                         and not process_lock.pid_alive(int(found.group(1))))
             else:
                 stale = time.time() - leftover.stat().st_mtime > STALE_UNNAMED_EXPORT_SECONDS
         except OSError:

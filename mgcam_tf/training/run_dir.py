@@ -20,12 +20,11 @@ import logging
 import os
 import pathlib
 import shutil
-import socket
 import keras
 import tensorflow as tf
 from mgcam_tf.modeling import models
 from mgcam_tf.errors import ConfigError, OutputError
-from mgcam_tf import atomic_files
+from mgcam_tf import atomic_files, process_lock
 
 CONFIG_FILE = "config.json"
 
@@ -257,23 +256,14 @@ def initialise_from(model: keras.Model, model_dir: os.PathLike) -> str:
 LOCK_FILE = ".trainer.lock"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def trainer_lock(model_dir: os.PathLike, enabled: bool = True):
     """Holds `model_dir/.trainer.lock` (this host and pid) while a trainer runs.
 
     A second trainer of the same directory gets a ConfigError naming the
     first one's pid. A lock left by a process that is no longer running (a
-    kill -9) is taken over, with a warning on the `mgcam_tf` logger.
+    kill -9), or one whose owner cannot be read once a few seconds old, is
+    taken over with a warning on the `mgcam_tf` logger (`mgcam_tf.process_lock`).
     """
     if not enabled:
         yield
@@ -285,36 +275,9 @@ def trainer_lock(model_dir: os.PathLike, enabled: bool = True):
         model_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"--model_dir {model_dir}: cannot create it ({err.strerror})") from None
-    path = model_dir / LOCK_FILE
-    host = socket.gethostname()
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = json.loads(path.read_text())
-            except (OSError, ValueError):
-                owner = {}
-            pid = owner.get("pid")
-            if owner.get("host") == host and isinstance(pid, int) and not _alive(pid):
-                logging.getLogger("mgcam_tf").warning(
-                    "%s: taking over the lock of trainer pid %d, which is no longer running",
-                    model_dir, pid)
-                path.unlink(missing_ok=True)
-                continue
-            raise ConfigError(
-                f"--model_dir {model_dir} is in use by another trainer (pid {pid} on "
-                f"{owner.get('host', '?')}, lock {path}); wait for it to finish or choose "
-                "another --model_dir") from None
-        except OSError as err:
-            raise OutputError(f"{path}: cannot create the lock ({err.strerror})") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": host}, f)
-        break
-    try:
+    with process_lock.held(model_dir / LOCK_FILE, f"--model_dir {model_dir}", "trainer",
+                           "choose another --model_dir"):
         yield
-    finally:
-        path.unlink(missing_ok=True)
 
 
 def remove_partial_saves(model_dir: os.PathLike) -> None:
