@@ -332,7 +332,8 @@ NUMERIC = {
                "triplet_margin", "siamese_margin", "positive_fraction", "dropout",
                "eval_every", "seed"]),
     "eval": (["batch_size", "k1", "k2", "ranked_queries"], [], ["lambda_value"]),
-    "export": (["version", "batch_size"], ["target_far"], []),
+    "export": (["version", "batch_size", "max_batch", "max_image_pixels", "max_request_pixels",
+                "max_request_bytes"], ["target_far"], []),
     "extract": (["batch_size", "chunk_size", "workers", "shard_size"], [], []),
     "search": (["top_k", "batch_size"], [], ["nprobe"]),
     "verify": ([], ["threshold"], []),
@@ -342,7 +343,8 @@ NUMERIC = {
 INTEGER_FLAGS = {"batch_size", "total_steps", "lr_step", "checkpoint_every", "log_every",
                  "image_every", "eval_batch_size", "feature_dim", "pk_k", "synthetic_ids",
                  "eval_every", "seed", "k1", "k2", "ranked_queries", "version", "chunk_size",
-                 "workers", "shard_size", "top_k", "nprobe", "num_workers"}
+                 "workers", "shard_size", "top_k", "nprobe", "num_workers", "max_batch",
+                 "max_image_pixels", "max_request_pixels", "max_request_bytes"}
 
 
 def _numeric_base(w, tool):

@@ -317,6 +317,22 @@ def export_model_dir(model_dir: os.PathLike, export_base: os.PathLike,
                               mask_model_path=mask_model_path, limits=limits)
 
 
+def export_fingerprint(version_dir: os.PathLike) -> str:
+    """Identifies an export's weights: sha1 of its graph and variables index.
+
+    The one rule: feature folders, indexes and `--features` files record it,
+    and every reader compares it, without loading the model.
+    """
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name in ("saved_model.pb", "variables/variables.index"):
+        path = pathlib.Path(version_dir, name)
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def read_metadata(export_dir: os.PathLike) -> dict:
     """The `assets.extra/mgcam_export.json` of an export ({} when it has none).
 
@@ -353,5 +369,6 @@ __all__ = [
     "OUTPUT_EMBEDDING", "OUTPUT_ATTENTION", "SERVING_TAG", "PREDICT_METHOD",
     "serving_functions", "export_saved_model", "export_model_dir", "next_version",
     "resolve_export", "read_metadata", "write_metadata", "has_attention_output",
+    "export_fingerprint",
     "ATTENTION_SIZE", "ServingLimits",
 ]

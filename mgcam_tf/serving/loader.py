@@ -9,15 +9,62 @@ the same pixels, and of the Keras model (tests/test_export.py).
 
 from __future__ import annotations
 
-import hashlib
 import os
-import pathlib
 import re
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from mgcam_tf.errors import ConfigError, DataError
+
+
+def limits_of(metadata: dict):
+    """The `ServingLimits` an export records (its defaults for exports made before)."""
+    from mgcam_tf.serving.limits import ServingLimits
+
+    recorded = metadata.get("limits")
+    try:
+        return ServingLimits(**recorded) if isinstance(recorded, dict) else ServingLimits()
+    except (TypeError, ConfigError):
+        return ServingLimits()
+
+
+_HEAD_BYTES = 1 << 18    # where a JPEG's SOF marker lies, past any EXIF thumbnail
+
+
+def refuse_oversized(paths: Sequence[str], limits) -> None:
+    """DataError naming the first file whose header announces more than
+    `limits.max_image_pixels` pixels, read before anything is decoded."""
+    import tensorflow as tf
+
+    from mgcam_tf.serving.limits import encoded_sizes
+
+    def heads(names, whole=False):
+        out = []
+        for name in names:
+            try:
+                with open(name, "rb") as f:
+                    out.append(f.read() if whole else f.read(_HEAD_BYTES))
+            except OSError:
+                out.append(b"")      # the reader names it
+        return out
+
+    for start in range(0, len(paths), 256):
+        names = [str(p) for p in paths[start:start + 256]]
+        try:
+            sizes = encoded_sizes(tf.constant(heads(names))).numpy()
+        except tf.errors.OpError:    # a JPEG header past the head, or a corrupt one
+            sizes = []
+            for name in names:
+                try:
+                    sizes.append(encoded_sizes(tf.constant(heads([name], True))).numpy()[0])
+                except tf.errors.OpError:
+                    sizes.append((0, 0))     # the decoder names it
+        for name, (height, width) in zip(names, sizes):
+            if int(height) * int(width) > limits.max_image_pixels:
+                raise DataError(f"{name}: a {width}x{height} image ({int(height) * int(width)} "
+                                f"pixels); the export takes at most {limits.max_image_pixels} "
+                                "pixels an image (its max_image_pixels)")
 
 
 def read_files(paths: Sequence[str], what: str = "image") -> list[bytes]:
@@ -92,6 +139,10 @@ class SavedModelEmbedder:
         # Exports made with the mask model in the graph (mgcam-export's default
         # when it is available) embed an image without a mask file.
         self._image_bytes = self._loaded.signatures.get(export.SIGNATURE_IMAGE_BYTES)
+        # Files decoded here (embed_files) get the bound the export's
+        # signatures apply in the graph: a decompression bomb as a query
+        # must not take the command down either.
+        self.limits = limits_of(self.metadata)
 
     @property
     def has_mask_in_graph(self) -> bool:
@@ -120,13 +171,10 @@ class SavedModelEmbedder:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the export's weights (sha1 of its variables index and graph)."""
-        digest = hashlib.sha1()
-        for name in ("saved_model.pb", "variables/variables.index"):
-            path = pathlib.Path(self.export_dir, name)
-            if path.is_file():
-                digest.update(path.read_bytes())
-        return digest.hexdigest()
+        """Identifies the export's weights (`export.export_fingerprint`)."""
+        from mgcam_tf.serving import export
+
+        return export.export_fingerprint(self.export_dir)
 
     def embed_rgbm(self, rgbm) -> np.ndarray:
         """float32 [B, D] embeddings of preprocessed rgbm [B, 160, 64, 4]."""
@@ -158,6 +206,7 @@ class SavedModelEmbedder:
         n = len(image_paths)
         if n == 0:
             raise DataError("no image to embed")
+        refuse_oversized([*image_paths, *(m for m in mask_paths if m)], self.limits)
         split = layouts.Split(image_paths=tuple(map(str, image_paths)),
                               mask_paths=tuple(None if m is None else str(m) for m in mask_paths),
                               pids=np.zeros(n, np.int64), camids=np.zeros(n, np.int64))

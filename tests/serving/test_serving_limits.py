@@ -302,3 +302,24 @@ def test_rank2_bytes_get_the_rank_message_and_a_corrupt_file_is_named(image_expo
     embedder = SavedModelEmbedder(image_export)
     with pytest.raises(DataError, match=f"{broken}: cannot decode the image"):
         embedder.embed_image_files([str(good), str(broken)])
+
+
+def test_files_decoded_by_the_loader_are_bounded_too(tmp_path):
+    """mgcam-search/-verify/-extract decode files in the tf.data pipeline, outside the
+    signatures: the same bound, read from the header, names the file."""
+    from mgcam_tf.errors import DataError
+    from mgcam_tf.serving.loader import SavedModelEmbedder
+
+    embedder = SavedModelEmbedder(shared_export()[1])
+    assert embedder.limits == limits.ServingLimits()
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(jpeg_claiming(30000, 30000))
+    good = tmp_path / "good.png"
+    good.write_bytes(tf.io.encode_png(np.zeros((128, 64, 3), np.uint8)).numpy())
+    with pytest.raises(DataError, match=f"{bomb}: a 30000x30000 image"):
+        embedder.embed_files([str(good), str(bomb)], [None, None])
+    mask_bomb = tmp_path / "mask.gif"
+    mask_bomb.write_bytes(gif_claiming(20000, 20000))
+    with pytest.raises(DataError, match=f"{mask_bomb}: a 20000x20000 image"):
+        embedder.embed_files([str(good)], [str(mask_bomb)])
+    assert embedder.embed_files([str(good)], [None]).shape == (1, 128)
