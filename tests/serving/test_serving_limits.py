@@ -14,11 +14,9 @@ stay well under 500 MB. How fast the refusal is: benchmarks/bench_serving.py
 import json
 import os
 import pathlib
-import struct
 import subprocess
 import sys
 import textwrap
-import zlib
 
 import numpy as np
 import pytest
@@ -32,39 +30,9 @@ from serving_standins import SignatureRunner, shared_export
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MAX_EXTRA_MB = 500
 
-
-# ------------------------------------------------------------- hostile files --------
-
-def png_bomb(side: int) -> bytes:
-    """A black side x side 8-bit grey PNG, deflated row by row (never held whole)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    squeeze = zlib.compressobj(9)
-    row = b"\0" * (side + 1)        # filter byte + pixels
-    parts = [squeeze.compress(row) for _ in range(side)]
-    parts.append(squeeze.flush())
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts))
-            + chunk(b"IEND", b""))
-
-
-def jpeg_claiming(height: int, width: int) -> bytes:
-    """A small JPEG whose SOF marker announces height x width."""
-    data = bytearray(tf.io.encode_jpeg(np.zeros((8, 8, 3), np.uint8)).numpy())
-    at = data.index(b"\xff\xc0")
-    data[at + 5:at + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
-
-
-def gif_claiming(height: int, width: int) -> bytes:
-    return b"GIF89a" + struct.pack("<HH", width, height) + b"\0" * 16
-
-
-def bmp_claiming(height: int, width: int) -> bytes:
-    return (b"BM" + struct.pack("<IHHI", 54, 0, 0, 54)
-            + struct.pack("<IiiHH", 40, width, -height, 1, 24) + b"\0" * 24)
+sys.path.insert(0, str(REPO))
+from benchmarks.hostile_images import (bmp_claiming, gif_claiming, jpeg_claiming,  # noqa: E402
+                                       png_bomb)
 
 
 # ------------------------------------------------------------- in-process --------
