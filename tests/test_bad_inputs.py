@@ -167,6 +167,10 @@ def world(tmp_path_factory):
     feats[2] = np.nan
     np.save(w["nan_gallery"] / extraction.FEATURES_FILE, feats)
     _write_png(tmp / "small_mask.png", np.full((10, 7, 1), 255, np.uint8))
+    sys.path.insert(0, str(REPO))
+    from benchmarks.hostile_images import jpeg_claiming
+
+    (tmp / "bomb.jpg").write_bytes(jpeg_claiming(30000, 30000))
     ro = tmp / "read_only"
     ro.mkdir()
     ro.chmod(0o555)
@@ -311,6 +315,13 @@ def _file_cases():
         ("search", "gallery-with-a-nan-row", lambda w: [
             f"--saved_model={w['base'] / '1'}", f"--gallery={w['nan_gallery']}",
             "--mask_policy=files", q_image(w)], lambda w: "row 2 ("),
+        ("search", "query-a-decompression-bomb", lambda w: [
+            f"--saved_model={w['base'] / '1'}", f"--gallery={w['gallery_feats']}",
+            "--mask_policy=full_body", t(w, "bomb.jpg")],
+         lambda w: t(w, "bomb.jpg") + ": a 30000x30000 image"),
+        ("verify", "image-a-decompression-bomb", lambda w: [
+            f"--saved_model={w['export']}", "--threshold=1", "--mask_policy=full_body",
+            t(w, "bomb.jpg"), q_image(w)], lambda w: t(w, "bomb.jpg") + ": a 30000x30000 image"),
         ("verify", "mask_a-of-another-size", lambda w: [
             f"--saved_model={w['export']}", "--threshold=1",
             f"--mask_a={t(w, 'small_mask.png')}", q_image(w), q_image(w)],
