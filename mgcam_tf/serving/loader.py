@@ -178,12 +178,20 @@ class SavedModelEmbedder:
 
     def embed_rgbm(self, rgbm) -> np.ndarray:
         """float32 [B, D] embeddings of preprocessed rgbm [B, 160, 64, 4]."""
-        return self._rgbm(**{self._rgbm_input: rgbm})["embedding"].numpy()
+        return self({"rgbm": rgbm})["embedding"].numpy()
 
     def __call__(self, x: dict):
         """{"rgbm": [B, 160, 64, 4]} -> the signature's outputs (for
-        `mgcam_tf.evaluation.features.extract_features`)."""
-        return self._rgbm(**{self._rgbm_input: x["rgbm"]})
+        `mgcam_tf.evaluation.features.extract_features`), in requests of at
+        most the export's max_batch (a larger --batch_size is split, not refused)."""
+        import tensorflow as tf
+
+        rgbm, step = x["rgbm"], self.limits.max_batch
+        if len(rgbm) <= step:
+            return self._rgbm(**{self._rgbm_input: rgbm})
+        parts = [self._rgbm(**{self._rgbm_input: rgbm[i:i + step]})
+                 for i in range(0, len(rgbm), step)]
+        return {key: tf.concat([part[key] for part in parts], 0) for key in parts[0]}
 
     def embed_files(self, image_paths: Sequence[str], mask_paths: Sequence[Optional[str]],
                     *, batch_size: int = 64,

@@ -291,3 +291,18 @@ def test_files_decoded_by_the_loader_are_bounded_too(tmp_path):
     with pytest.raises(DataError, match=f"{mask_bomb}: a 20000x20000 image"):
         embedder.embed_files([str(good)], [str(mask_bomb)])
     assert embedder.embed_files([str(good)], [None]).shape == (1, 128)
+
+
+def test_the_loader_splits_a_batch_over_max_batch(tmp_path):
+    from mgcam_tf.data.preprocess import preprocess
+    from mgcam_tf.serving.loader import SavedModelEmbedder
+
+    model = shared_export()[0]
+    folder = export.export_saved_model(model, tmp_path, limits=limits.ServingLimits(max_batch=2))
+    embedder = SavedModelEmbedder(folder)
+    image = np.random.default_rng(0).integers(0, 256, (5, 160, 64, 3), dtype=np.uint8)
+    rgbm = preprocess(image, np.full((5, 160, 64, 1), 255, np.uint8))["rgbm"].numpy()
+    got = embedder.embed_rgbm(rgbm)
+    want = np.concatenate([embedder.embed_rgbm(rgbm[i:i + 1]) for i in range(5)])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert set(embedder({"rgbm": rgbm})) == {"embedding", "attention"}
