@@ -23,6 +23,17 @@ uint8 crops of --image_size (batch --image_batch_size, and batch 1).
 
 The last line is one JSON object: savedmodel_images_per_s,
 keras_images_per_s, latency_p50_ms, latency_p95_ms (plus a few more).
+
+  python benchmarks/bench_serving.py --hostile        # about a minute
+
+times hostile requests instead (issue 27; the refusal itself is tested in
+tests/serving/test_serving_limits.py): a black 23000x23000 PNG of 0.5 MB,
+a JPEG whose header claims 30000x30000, 4096 JPEG crops in one request and
+8192 crops to serving_default, each sent to every signature it fits, beside
+a normal request of two crops to the same signature (the baseline). Each
+entry: seconds to the refusal (median of --repeats), the normal request's
+seconds, and the peak resident memory the call added (MB). JSON keys:
+hostile_max_refusal_s, hostile_max_extra_mb and one entry per case.
 """
 
 from __future__ import annotations
@@ -53,7 +64,12 @@ def main() -> None:
                         help="HxW of the crops fed to serving_image (Market-1501: 128x64)")
     parser.add_argument("--mask_in_graph", choices=["auto", "false"], default="auto",
                         help="also time serving_image when pose_landmark_full.tflite is available")
+    parser.add_argument("--hostile", action="store_true",
+                        help="time the refusal of hostile requests (module doc) instead")
     args = parser.parse_args()
+    if args.hostile:
+        hostile(args)
+        return
 
     import keras
     import tensorflow as tf
@@ -180,6 +196,109 @@ def main() -> None:
         "latency_p50_ms": round(p50, 2), "latency_p95_ms": round(p95, 2),
         "speedup": round(sm_ips / keras_ips, 3), "batch_size": n, "repeats": args.repeats,
         "max_abs_diff": max_diff, "export_s": round(export_s, 2), "load_average": round(load, 2)}))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1000
+
+
+def _reset_peak() -> None:
+    """VmHWM back to the current RSS (Linux >= 4.0), so a call's own peak is read."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def hostile(args) -> None:
+    import keras
+    import tensorflow as tf
+
+    from benchmarks.hostile_images import jpeg_claiming, png_bomb
+    from benchmarks.peak_memory import peak_gb
+    from mgcam_tf.errors import DataError
+    from mgcam_tf.modeling import models
+    from mgcam_tf.segmentation import model_file
+    from mgcam_tf.serving import export
+
+    keras.utils.set_random_seed(0)
+    model = models.model_from_config(models.model_config(args.num_ids))
+    mask_model = None
+    if args.mask_in_graph == "auto":
+        try:
+            mask_model = model_file.resolve_model_path()
+        except DataError as err:
+            print(f"image-only signatures not timed: {err}")
+    rng = np.random.default_rng(0)
+    crop = tf.io.encode_jpeg(rng.integers(0, 256, (128, 64, 3), dtype=np.uint8)).numpy()
+    bomb, liar = png_bomb(23000), jpeg_claiming(30000, 30000)
+    print(f"23000x23000 PNG: {len(bomb) / 1e3:.0f} KB; 4096 crops: {4096 * len(crop) / 1e6:.1f} MB")
+    with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
+        loaded = tf.saved_model.load(str(export.export_saved_model(model, tmp,
+                                                                   mask_model_path=mask_model)))
+
+        def feeds(signature, images):
+            out = {"image_bytes": tf.constant(images)}
+            if signature == export.SIGNATURE_BYTES:
+                out["mask_bytes"] = tf.constant([b""] * len(images))
+            return out
+
+        cases = {}
+        for signature in (export.SIGNATURE_BYTES, export.SIGNATURE_IMAGE_BYTES,
+                          export.SIGNATURE_IMAGE_BYTES_DETAILS):
+            if signature in loaded.signatures:
+                cases[f"{signature}/png_23000"] = (signature, feeds(signature, [crop, bomb]))
+                cases[f"{signature}/jpeg_30000"] = (signature, feeds(signature, [crop, liar]))
+                cases[f"{signature}/4096_crops"] = (signature, feeds(signature, [crop] * 4096))
+        cases["serving_default/8192_crops"] = (export.SIGNATURE_DEFAULT, {
+            "image": tf.zeros([8192, 160, 64, 3], tf.uint8),
+            "mask": tf.zeros([8192, 160, 64, 1], tf.uint8)})
+        # Requests at the default bounds, which are served: the memory they
+        # take is the documented bound (docs/SERVING.md).
+        frame = tf.io.encode_jpeg(tf.image.resize(tf.constant(rng.integers(
+            0, 256, (60, 60, 3), dtype=np.uint8)), (6000, 6000), "nearest")).numpy()
+        signature = (export.SIGNATURE_IMAGE_BYTES if mask_model is not None
+                     else export.SIGNATURE_BYTES)
+        cases[f"at_bound/{signature}/36MP_image"] = (signature, feeds(signature, [frame]))
+        cases[f"at_bound/{signature}/256_crops"] = (signature, feeds(signature, [crop] * 256))
+        cases["at_bound/serving_default/256_crops"] = (export.SIGNATURE_DEFAULT, {
+            "image": tf.zeros([256, 160, 64, 3], tf.uint8),
+            "mask": tf.zeros([256, 160, 64, 1], tf.uint8)})
+        results = {}
+        for name, (signature, feed) in cases.items():
+            fn = loaded.signatures[signature]
+            normal = ({"image": feed["image"][:2], "mask": feed["mask"][:2]}
+                      if signature == export.SIGNATURE_DEFAULT
+                      else feeds(signature, [crop, crop]))
+            fn(**normal)     # traced and warm
+            refusals, normals, extra = [], [], 0.0
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                fn(**normal)
+                normals.append(time.perf_counter() - t0)
+                base = _rss_mb()
+                _reset_peak()
+                t0 = time.perf_counter()
+                try:
+                    fn(**feed)
+                    refused = False
+                except tf.errors.InvalidArgumentError:
+                    refused = True
+                refusals.append(time.perf_counter() - t0)
+                extra = max(extra, peak_gb() * 1000 - base)
+            results[name] = {"refused": refused, "refusal_s": round(float(np.median(refusals)), 4),
+                             "normal_request_s": round(float(np.median(normals)), 4),
+                             "extra_mb": round(extra, 1)}
+            print(f"{name}: {'refused' if refused else 'served'} in "
+                  f"{results[name]['refusal_s'] * 1000:.1f} ms (a normal request of two: "
+                  f"{results[name]['normal_request_s'] * 1000:.1f} ms), "
+                  f"+{extra:.0f} MB peak")
+    bad = {k: r for k, r in results.items() if not k.startswith("at_bound/")}
+    print(json.dumps({"hostile_max_refusal_s": max(r["refusal_s"] for r in bad.values()),
+                      "hostile_max_extra_mb": max(r["extra_mb"] for r in bad.values()),
+                      "all_refused": all(r["refused"] for r in bad.values()),
+                      "at_bound_max_extra_mb": max(r["extra_mb"] for k, r in results.items()
+                                                   if k.startswith("at_bound/")),
+                      "repeats": args.repeats, **results}))
 
 
 if __name__ == "__main__":

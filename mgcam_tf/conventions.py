@@ -89,3 +89,8 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 IBN_STAGES = ("stage1", "stage2")
 # The test-time feature: h, or its BNNeck-normalised copy (Luo et al., CVPR-W 2019).
 RETRIEVAL_FEATURES = ("h", "bnneck")
+
+# The mask entry of an image whose mask the export makes itself
+# (`user_images.resolve_masks(..., in_graph=True)`, `SavedModelEmbedder.embed_images`):
+# never a real file name. Here because serving and retrieval both read it.
+MASK_IN_GRAPH = "<mask made in the exported graph>"

@@ -152,6 +152,25 @@ def world(tmp_path_factory):
     np.save(tmp / "single.npy", np.zeros(3))
     (tmp / "text.npz").write_text("query_features,1,2\n")
     (tmp / "a_file").write_text("not a folder\n")
+    # Issue 27: string features, a truncated latest checkpoint, a gallery with a NaN
+    # row, a mask of another size than its image.
+    np.savez(tmp / "strings.npz", **{**arrays, "query_features": np.array([["a", "b"]] * 4)})
+    w["truncated_run"] = tmp / "truncated_run"
+    run_dir.prepare_model_dir(w["truncated_run"], models.model_config(5), {})
+    manager = run_dir.checkpoint_manager(w["truncated_run"], model)
+    manager.save(3)
+    manager.save(4)
+    os.truncate(w["truncated_run"] / "checkpoints" / "ckpt-4.data-00000-of-00001", 1000)
+    w["nan_gallery"] = tmp / "nan_gallery"
+    shutil.copytree(w["gallery_feats"], w["nan_gallery"])
+    feats = np.load(w["nan_gallery"] / extraction.FEATURES_FILE)
+    feats[2] = np.nan
+    np.save(w["nan_gallery"] / extraction.FEATURES_FILE, feats)
+    _write_png(tmp / "small_mask.png", np.full((10, 7, 1), 255, np.uint8))
+    sys.path.insert(0, str(REPO))
+    from benchmarks.hostile_images import jpeg_claiming
+
+    (tmp / "bomb.jpg").write_bytes(jpeg_claiming(30000, 30000))
     ro = tmp / "read_only"
     ro.mkdir()
     ro.chmod(0o555)
@@ -288,6 +307,25 @@ def _file_cases():
             w, f"--sheet={under_file(w, 's.png')}"), lambda w: "a_file"),
         ("masks", "data_dir-is-a-file", lambda w: [f"--data_dir={t(w, 'a_file')}"],
          lambda w: "a_file"),
+        ("eval", "npz-string-features", lambda w: npz(w, "strings.npz"),
+         lambda w: "query_features must hold numbers"),
+        ("export", "truncated-checkpoint", lambda w: [
+            f"--model_dir={w['truncated_run']}", f"--export_dir={t(w, 'e_trunc')}",
+            "--mask_in_graph=false"], lambda w: "ckpt-4.data-00000-of-00001 cannot be read"),
+        ("search", "gallery-with-a-nan-row", lambda w: [
+            f"--saved_model={w['base'] / '1'}", f"--gallery={w['nan_gallery']}",
+            "--mask_policy=files", q_image(w)], lambda w: "row 2 ("),
+        ("search", "query-a-decompression-bomb", lambda w: [
+            f"--saved_model={w['base'] / '1'}", f"--gallery={w['gallery_feats']}",
+            "--mask_policy=full_body", t(w, "bomb.jpg")],
+         lambda w: t(w, "bomb.jpg") + ": a 30000x30000 image"),
+        ("verify", "image-a-decompression-bomb", lambda w: [
+            f"--saved_model={w['export']}", "--threshold=1", "--mask_policy=full_body",
+            t(w, "bomb.jpg"), q_image(w)], lambda w: t(w, "bomb.jpg") + ": a 30000x30000 image"),
+        ("verify", "mask_a-of-another-size", lambda w: [
+            f"--saved_model={w['export']}", "--threshold=1",
+            f"--mask_a={t(w, 'small_mask.png')}", q_image(w), q_image(w)],
+         lambda w: "--mask_a=" + t(w, "small_mask.png") + ": the mask is 7x10"),
         ("verify", "saved_model-is-a-file", lambda w: [
             f"--saved_model={t(w, 'a_file')}", "--threshold=1", q_image(w), q_image(w)],
          lambda w: "a_file"),
@@ -305,7 +343,8 @@ NUMERIC = {
                "triplet_margin", "siamese_margin", "positive_fraction", "dropout",
                "eval_every", "seed"]),
     "eval": (["batch_size", "k1", "k2", "ranked_queries"], [], ["lambda_value"]),
-    "export": (["version", "batch_size"], ["target_far"], []),
+    "export": (["version", "batch_size", "max_batch", "max_image_pixels", "max_request_pixels",
+                "max_request_bytes"], ["target_far"], []),
     "extract": (["batch_size", "chunk_size", "workers", "shard_size"], [], []),
     "search": (["top_k", "batch_size"], [], ["nprobe"]),
     "verify": ([], ["threshold"], []),
@@ -315,7 +354,8 @@ NUMERIC = {
 INTEGER_FLAGS = {"batch_size", "total_steps", "lr_step", "checkpoint_every", "log_every",
                  "image_every", "eval_batch_size", "feature_dim", "pk_k", "synthetic_ids",
                  "eval_every", "seed", "k1", "k2", "ranked_queries", "version", "chunk_size",
-                 "workers", "shard_size", "top_k", "nprobe", "num_workers"}
+                 "workers", "shard_size", "top_k", "nprobe", "num_workers", "max_batch",
+                 "max_image_pixels", "max_request_pixels", "max_request_bytes"}
 
 
 def _numeric_base(w, tool):

@@ -172,7 +172,8 @@ def test_export_killed_then_rerun(world, request):
     assert -signal.SIGKILL in codes, "every export finished before its kill"
     run_to_end(argv)
     assert not list(base.glob(".*.tmp-*")), "a killed export's temporary folder remains"
-    batch = np.random.default_rng(0).standard_normal((2, 160, 64, 4)).astype("float32")
+    # Inside the preprocessed range (serving_rgbm refuses values no image gives).
+    batch = np.random.default_rng(0).uniform(-0.4, 0.4, (2, 160, 64, 4)).astype("float32")
     np.testing.assert_allclose(_embeddings(export.resolve_export(base), batch),
                                _embeddings(world["export"], batch), atol=1e-5)
 
@@ -305,3 +306,64 @@ def test_cache_lockfile_of_a_killed_run_is_taken_over(world, tmp_path):
     assert sum(int(y["pid"].shape[0]) for _, y in ds) == len(split.image_paths)
     assert not list(prefix.parent.glob("*.lockfile"))
     assert any(prefix.parent.glob("*.index")), "the cache was not completed"
+
+
+# ------------------------------------------------------------------ damaged checkpoints --
+
+def _two_checkpoints(folder: pathlib.Path, model) -> pathlib.Path:
+    """A model directory with ckpt-3 (the model's weights) and ckpt-4 (other weights),
+    ckpt-4's data file then cut to 1000 bytes (a full disk, a copy cut short)."""
+    from mgcam_tf.modeling import models
+    from mgcam_tf.training import run_dir
+
+    run_dir.prepare_model_dir(folder, models.model_config(5), {})
+    manager = run_dir.checkpoint_manager(folder, model)
+    manager.save(3)
+    kept = [v.numpy() for v in model.weights]
+    for v in model.weights:
+        v.assign(v + 1.0)
+    manager.save(4)
+    for v, value in zip(model.weights, kept):
+        v.assign(value)
+    os.truncate(folder / "checkpoints" / "ckpt-4.data-00000-of-00001", 1000)
+    return folder
+
+
+def test_truncated_checkpoint_falls_back_with_a_warning_and_export_refuses(world, tmp_path,
+                                                                          caplog):
+    from mgcam_tf.training import run_dir
+
+    model = world["model"]
+    folder = _two_checkpoints(tmp_path / "run", model)
+    damaged = str(folder / "checkpoints" / "ckpt-4.data-00000-of-00001")
+    with caplog.at_level("WARNING", logger="mgcam_tf"):
+        restored = run_dir.load_trained_model(folder)
+    assert damaged in caplog.text and "ckpt-3" in caplog.text
+    for got, want in zip(restored.weights, model.weights):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    with pytest.raises(run_dir.UnreadableCheckpoint, match="refusing to use an older"):
+        run_dir.load_trained_model(folder, allow_older=False)
+    out = subprocess.run(tool("export", f"--model_dir={folder}", f"--export_dir={tmp_path / 'e'}",
+                              "--mask_in_graph=false"),
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and damaged in last, out.stderr[-2000:]
+    assert not (tmp_path / "e").exists() or not list((tmp_path / "e").iterdir())
+    # Evaluation goes on from ckpt-3, saying which checkpoint it skipped.
+    out = subprocess.run(tool("evaluate", f"--model_dir={folder}", f"--data_dir={world['market']}",
+                              "--batch_size=4", "--metric=euclidean", "--noprogress"),
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert damaged in out.stderr and "skipping it" in out.stderr
+
+
+def test_truncated_latest_checkpoint_training_resumes_from_the_intact_one(tmp_path):
+    script = REPO / "tests" / "scripts" / "train_steps.py"
+    model_dir = tmp_path / "run"
+    run_to_end([sys.executable, str(script), str(model_dir), "4"])
+    os.truncate(model_dir / "checkpoints" / "ckpt-4.data-00000-of-00001", 1000)
+    proc = run_to_end([sys.executable, str(script), str(model_dir), "6"])
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["start_step"] == 2 and report["end_step"] == 6
+    assert "ckpt-4.data-00000-of-00001 cannot be read" in proc.stderr

@@ -52,6 +52,16 @@ flags.DEFINE_integer("batch_size", 256, "Images per forward pass while calibrati
 from mgcam_tf.cli.common import check_numbers  # noqa: E402
 check_numbers("version", "batch_size", low=1)
 check_numbers("target_far", low=0, high=1, low_open=True, high_open=True)
+# Bounds on one request to the served model (mgcam_tf/serving/limits.py, docs/SERVING.md);
+# unset: the defaults of ServingLimits, which admit every real crop and camera frame.
+flags.DEFINE_integer("max_batch", None, "Most images in one request (default 256).")
+flags.DEFINE_integer("max_image_pixels", None, "Most pixels of one encoded image, read from "
+                     "its header before decoding (default 36,000,000: an 8K frame is 33.2 MP).")
+flags.DEFINE_integer("max_request_pixels", None, "Most pixels of all images of one request "
+                     "(default 64,000,000).")
+flags.DEFINE_integer("max_request_bytes", None, "Most bytes of the encoded images of one "
+                     "request (default 64 MiB).")
+check_numbers("max_batch", "max_image_pixels", "max_request_pixels", "max_request_bytes", low=1)
 flags.DEFINE_enum("mask_in_graph", "auto", ["auto", "true", "false"],
                   "Put the BlazePose-full mask model into the export, with the image-only "
                   "signatures (serving_image, serving_image_bytes, ..._details): auto = when "
@@ -184,7 +194,7 @@ def main(argv):
     tf.get_logger().setLevel("ERROR")
     _check_format_flags()
     model_dir = model_dir_or_preset()
-    model = run_dir.load_trained_model(model_dir)
+    model = run_dir.load_trained_model(model_dir, allow_older=False)
     metadata = {"model_dir": os.path.abspath(model_dir),
                 "model": run_dir.read_model_config(model_dir)}
     if FLAGS.preset:
@@ -200,13 +210,20 @@ def main(argv):
         print(f"exported {FLAGS.preset or model_dir} to {path} "
               f"({path.stat().st_size / 1e6:.1f} MB): rgbm float32 [-1, 160, 64, 4] -> embedding float32 [-1, {model.feature_dim}]")
         return
+    from mgcam_tf.serving.limits import ServingLimits
+
+    bounds = {name: FLAGS[name].value for name in ("max_batch", "max_image_pixels",
+                                                   "max_request_pixels", "max_request_bytes")
+              if FLAGS[name].value is not None}
+    limits = ServingLimits(**bounds)
     target = export.export_saved_model(model, FLAGS.export_dir, FLAGS.version, metadata=metadata,
-                                       mask_model_path=_mask_model())
+                                       mask_model_path=_mask_model(), limits=limits)
     print(f"exported {FLAGS.preset or model_dir} to {target}")
     for name, sig in export.read_metadata(target)["signatures"].items():
         ins = ", ".join(f"{k} {d}{s}" for k, (d, s) in sig["inputs"].items())
         outs = ", ".join(f"{k} {d}{s}" for k, (d, s) in sig["outputs"].items())
         print(f"  {name}: {ins} -> {outs}")
+    print("  bounds: " + ", ".join(f"{k} {v}" for k, v in limits.as_dict().items()))
     if calibration is not None:
         print(f"verification threshold {calibration.threshold:.4f} (Euclidean): FAR "
               f"{100 * calibration.far:.2f}% (target {100 * calibration.target_far:.2f}%), "

@@ -104,6 +104,7 @@ def main(argv):
                                           model_path=FLAGS.mask_model or None,
                                           in_graph=embedder.has_mask_in_graph)
         query_features = embedder.embed_images(queries, masks, batch_size=FLAGS.batch_size)
+    extraction.refuse_non_finite(query_features, queries, "the query features")
     if query_features.shape[1] != gallery.features.shape[1]:
         raise DataError(f"--gallery={FLAGS.gallery}: features of size {gallery.features.shape[1]}, "
                         f"the export makes {query_features.shape[1]}: extract it with this export")

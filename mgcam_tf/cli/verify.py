@@ -62,6 +62,9 @@ def main(argv):
     else:
         raise ConfigError(f"{embedder.export_dir} holds no calibrated threshold: export with "
                           "mgcam-export --calibration_data=..., or pass --threshold")
+    for image, mask, name in zip(images, (FLAGS.mask_a, FLAGS.mask_b), ("--mask_a", "--mask_b")):
+        if mask and os.path.isfile(mask):
+            user_images.check_mask_size(image, mask, name)
     with tempfile.TemporaryDirectory(prefix="mgcam-verify-") as tmp:
         # An export with the mask model in its graph makes the missing masks itself.
         masks = user_images.resolve_masks(images, FLAGS.mask_policy,

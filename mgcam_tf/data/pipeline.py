@@ -41,7 +41,6 @@ from __future__ import annotations
 import atexit
 import glob
 import hashlib
-import json
 import logging
 import math
 import os
@@ -240,11 +239,13 @@ def _cache_path(cache: str, split: Split) -> str:
     # file whose recorded owner is no longer running is taken over.
     lockfile = f"{path}_0.lockfile"
     owner_file = f"{path}.owner"
+    from mgcam_tf import process_lock
+
     if os.path.exists(lockfile):
-        owner = _read_owner(owner_file)
+        owner = process_lock.read_owner(owner_file)
         pid = owner.get("pid")
         if owner.get("host") == socket.gethostname() and isinstance(pid, int) \
-                and pid != os.getpid() and not _pid_alive(pid):
+                and pid != os.getpid() and not process_lock.pid_alive(pid):
             logging.getLogger("mgcam_tf").warning(
                 "cache: %s was left by run pid %d, which is no longer running; "
                 "taking it over", lockfile, pid)
@@ -259,7 +260,7 @@ def _cache_path(cache: str, split: Split) -> str:
                 f"cache: {lockfile} exists: {who} is writing this cache, or one "
                 f"stopped while writing it; if no other run uses it, delete it and "
                 f"{path}_0.data-*.tempstate*")
-    if _read_owner(owner_file).get("pid") != os.getpid():
+    if process_lock.read_owner(owner_file).get("pid") != os.getpid():
         from mgcam_tf import atomic_files
 
         atomic_files.write_json(owner_file, {"pid": os.getpid(), "host": socket.gethostname()})
@@ -267,29 +268,10 @@ def _cache_path(cache: str, split: Split) -> str:
     return path
 
 
-def _read_owner(owner_file: str) -> dict:
-    try:
-        with open(owner_file) as f:
-            owner = json.load(f)
-        return owner if isinstance(owner, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OverflowError:
-        return False
-    return True
-
-
 def _release_owner(owner_file: str) -> None:
-    if _read_owner(owner_file).get("pid") == os.getpid():
+    from mgcam_tf import process_lock
+
+    if process_lock.read_owner(owner_file).get("pid") == os.getpid():
         try:
             os.unlink(owner_file)
         except OSError:

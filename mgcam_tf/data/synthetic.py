@@ -581,13 +581,9 @@ def _clean_stale_tmp(root: pathlib.Path) -> None:
             # Ours: stale unless another thread of this process is writing it.
             alive = str(path) in _ACTIVE_TMP
         else:
-            try:
-                os.kill(pid, 0)
-                alive = True
-            except (ProcessLookupError, OverflowError):
-                alive = False
-            except OSError:  # EPERM: the process exists, it is someone else's
-                alive = True
+            from mgcam_tf import process_lock
+
+            alive = process_lock.pid_alive(pid)
         if not alive:
             shutil.rmtree(path, ignore_errors=True)
 

@@ -134,14 +134,12 @@ class _WriteShard:
         self.export_dir = fingerprint_of
 
     def __call__(self, element):
-        from mgcam_tf.serving.loader import SavedModelEmbedder
+        from mgcam_tf.serving.export import export_fingerprint
 
         shard, rows = element
         rows = sorted(rows, key=lambda r: r[0])
-        # The embedder's own fingerprint rule, without loading the model again
-        # (it reads only saved_model.pb and the variables index).
-        fingerprint = SavedModelEmbedder.fingerprint.fget(
-            type("Export", (), {"export_dir": self.export_dir})())
+        # Without loading the model again: it reads saved_model.pb and the variables index.
+        fingerprint = export_fingerprint(self.export_dir)
         _write_shard(_shard_path(self.output_dir, shard), np.stack([r[2] for r in rows]),
                      [r[1] for r in rows], fingerprint)
         return shard

@@ -25,6 +25,12 @@ while the first runs fails at once with one OutputError line naming the
 holder; a LOCK left by a writer that died is taken over, with a message
 through `notify` (the CLI prints it). Readers take no lock.
 
+A feature folder added again follows its content: the same folder with
+the same features and paths (a digest recorded per source) is a no-op; the
+same folder with other content (a rerun of mgcam-extract on changed or
+other images) replaces that folder's rows, and the faiss index is rebuilt
+from features.npy. Rows holding NaN or Inf are refused.
+
 Old rows are never re-embedded: an add appends the new folder's rows to
 features.npy and adds them to the faiss index (IVF keeps its coarse
 centroids; HNSW inserts into its graph). In `auto` mode the index is rebuilt
@@ -378,8 +384,9 @@ def add_features(index_dir: str, features: np.ndarray, pids: np.ndarray, camids:
       features: float [M, D]; pids, camids: int [M]; paths: M image paths.
       fingerprint: the model fingerprint of the features (extraction.json).
       source: a name for this set (a feature folder's absolute path); adding a
-        source the current version already holds is a no-op, so a rerun after
-        a kill finishes with the same index.
+        source the current version already holds with the same content is a
+        no-op, so a rerun after a kill finishes with the same index; with
+        other content, it replaces that source's rows.
       index_type: auto | flat | ivf | hnsw (module doc). auto keeps an
         index's explicit type once chosen; else picks by size.
     Returns:
@@ -409,6 +416,10 @@ def _add_locked(index_dir, features, pids, camids, paths, *, fingerprint, source
     if not (len(pids) == len(camids) == len(paths) == m):
         raise DataError(f"{source}: {m} features but {len(pids)} pids, {len(camids)} camids, "
                         f"{len(paths)} paths")
+    from mgcam_tf.retrieval import extraction
+
+    extraction.refuse_non_finite(new, paths, source)
+    digest = _content_digest(new, paths)
     choose_type(0, index_type)      # validates the name
     current = open_index(index_dir) if is_index(index_dir) else None
     if current is not None:
@@ -420,10 +431,19 @@ def _add_locked(index_dir, features, pids, camids, paths, *, fingerprint, source
         if current.feature_dim != new.shape[1]:
             raise ConfigError(f"{source}: features of size {new.shape[1]}, the index {index_dir} "
                               f"holds size {current.feature_dim}")
-        if any(s["source"] == source for s in current.meta["sources"]):
+        held = [s for s in current.meta["sources"] if s["source"] == source]
+        if held and held[0].get("digest") == digest:
             return current
+        replaced = held[0] if held else None
+    else:
+        replaced = None
     _clean(index_dir, keep=[os.path.basename(current.version_dir)] if current else [])
-    old_n = len(current) if current is not None else 0
+    # Rows of the current version that stay: all, or all but the replaced source's.
+    kept = np.arange(len(current) if current is not None else 0)
+    if replaced is not None:
+        first, count = replaced["first_row"], replaced["num_images"]
+        kept = np.concatenate([kept[:first], kept[first + count:]])
+    old_n = len(kept)
     total = old_n + m
     requested = index_type
     if requested == "auto" and current is not None and current.meta.get("requested_type") != "auto":
@@ -441,12 +461,13 @@ def _add_locked(index_dir, features, pids, camids, paths, *, fingerprint, source
         step = 1 << 16
         for s in range(0, old_n, step):
             e = min(s + step, old_n)
-            out[s:e] = current.features[s:e]
+            out[s:e] = current.features[kept[s:e]]
         out[old_n:] = new
         out.flush()
         all_features = out
         params = {}
-        reuse = (current is not None and current.index_type == kind and kind != "flat"
+        reuse = (current is not None and replaced is None and current.index_type == kind
+                 and kind != "flat"
                  and not (requested == "auto" and kind == "ivf" and total >= RETRAIN_GROWTH *
                           current.meta.get("params", {}).get("trained_on", total)))
         if reuse:
@@ -461,16 +482,23 @@ def _add_locked(index_dir, features, pids, camids, paths, *, fingerprint, source
         del index
         _fsync(feat_path)
         del out, all_features
-        old_pids = current.pids if current is not None else np.zeros(0, np.int64)
-        old_cams = current.camids if current is not None else np.zeros(0, np.int64)
-        old_paths = list(current.paths) if current is not None else []
+        old_pids = current.pids[kept] if current is not None else np.zeros(0, np.int64)
+        old_cams = current.camids[kept] if current is not None else np.zeros(0, np.int64)
+        old_paths = [current.paths[i] for i in kept] if current is not None else []
         atomic_files.write_bytes(os.path.join(tmp, PIDS_FILE), _npy_bytes(
             np.concatenate([old_pids, np.asarray(pids, np.int64)])))
         atomic_files.write_bytes(os.path.join(tmp, CAMIDS_FILE), _npy_bytes(
             np.concatenate([old_cams, np.asarray(camids, np.int64)])))
         atomic_files.write_json(os.path.join(tmp, PATHS_FILE), old_paths + [str(p) for p in paths])
-        sources = list(current.meta["sources"]) if current is not None else []
-        sources.append({"source": source, "num_images": m, "first_row": old_n})
+        sources = []
+        for held in current.meta["sources"] if current is not None else []:
+            if held is replaced:
+                continue
+            if replaced is not None and held["first_row"] > replaced["first_row"]:
+                held = {**held, "first_row": held["first_row"] - replaced["num_images"]}
+            sources.append(held)
+        sources.append({"source": source, "num_images": m, "first_row": old_n,
+                        "digest": digest})
         meta = {"format": FORMAT_VERSION, "index_type": kind, "requested_type": requested,
                 "num_images": total, "feature_dim": int(new.shape[1]),
                 "fingerprint": fingerprint, "params": params, "sources": sources,
@@ -490,6 +518,15 @@ def _add_locked(index_dir, features, pids, camids, paths, *, fingerprint, source
     # may still be loading its files.
     _clean(index_dir, keep=[name] + ([os.path.basename(current.version_dir)] if current else []))
     return open_index(index_dir)
+
+
+def _content_digest(features: np.ndarray, paths: Sequence[str]) -> str:
+    """sha1 of the features' bytes and the paths: what a source held when it was added."""
+    import hashlib
+
+    digest = hashlib.sha1(np.ascontiguousarray(features, np.float32).tobytes())
+    digest.update("\n".join(map(str, paths)).encode())
+    return digest.hexdigest()
 
 
 def add_feature_folder(index_dir: str, feature_dir: str, *, index_type: str = "auto",

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from mgcam_tf.conventions import (CAMERA_TOKEN, IMAGE_EXTENSIONS, MASK_SUFFIX,
+from mgcam_tf.conventions import (CAMERA_TOKEN, IMAGE_EXTENSIONS, MASK_IN_GRAPH, MASK_SUFFIX,
                                   default_mask_path, is_image_file)
 from mgcam_tf.errors import ConfigError, DataError
 from mgcam_tf import atomic_files
@@ -96,6 +96,11 @@ def _write_generated(images: Sequence[str], targets: Sequence[str],
     from mgcam_tf.segmentation import segmenter as segmentation_model
     from mgcam_tf.segmentation import writer
 
+    # Masks made before (a rerun) are kept: the segmenter is not even loaded.
+    todo = [(i, t) for i, t in zip(images, targets) if not os.path.exists(t)]
+    if not todo:
+        return
+    images, targets = zip(*todo)
     if segmenter is None:
         # Threads with one interpreter each; existing files are skipped.
         writer.write_masks(list(images), list(targets), model_path=model_path)
@@ -110,9 +115,27 @@ def _write_generated(images: Sequence[str], targets: Sequence[str],
         atomic_files.write_bytes(target, data, make_parents=True)
 
 
-#: `resolve_masks(..., in_graph=True)` entry: the export makes this image's
-#: mask itself (`SavedModelEmbedder.embed_images`); never a real file name.
-MASK_IN_GRAPH = "<mask made in the exported graph>"
+
+
+def check_mask_size(image_path: str, mask_path: str, name: str) -> None:
+    """DataError unless the mask file has its image's height and width.
+
+    Training and evaluation refuse a mask of another size; resizing it
+    silently can flip a verdict. Sizes are read from the file headers.
+    """
+    import tensorflow as tf
+
+    from mgcam_tf.serving.limits import encoded_sizes
+    from mgcam_tf.serving.loader import read_files
+
+    contents = read_files([image_path, mask_path], "image or mask")
+    try:
+        (ih, iw), (mh, mw) = encoded_sizes(tf.constant(contents)).numpy().tolist()
+    except tf.errors.OpError:
+        return       # an undecodable file: the embedding names it
+    if (ih, iw) != (0, 0) and (mh, mw) != (0, 0) and (ih, iw) != (mh, mw):
+        raise DataError(f"{name}={mask_path}: the mask is {mw}x{mh} but its image {image_path} "
+                        f"is {iw}x{ih}; give the image's own mask (same size)")
 
 
 def resolve_masks(image_paths: Sequence[str], policy: str = "auto", *,

@@ -76,7 +76,9 @@ def _tap_sum(src: tf.Tensor, index: tf.Tensor, weight: tf.Tensor, axis: int) -> 
     shape[axis] = -1
 
     def term(k):
-        return tf.gather(src, index[:, k], axis=axis) * tf.reshape(weight[:, k], shape)
+        # Gathered first, cast after: a uint8 source is never copied whole to float32.
+        taps = tf.cast(tf.gather(src, index[:, k], axis=axis), tf.float32)
+        return taps * tf.reshape(weight[:, k], shape)
 
     first = term(0)
     _, total = tf.while_loop(lambda k, acc: k < tf.shape(index)[1],
@@ -92,8 +94,16 @@ def resize_area_u8(images: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf
 
     def integer_factors():
         fy, fx = h // height, w // width
-        blocks = tf.reshape(tf.cast(images, tf.int32), [shape[0], height, fy, width, fx, c])
-        sums = tf.reduce_sum(blocks, axis=[2, 4])
+        # Column sums one offset at a time: int32 [N, H, width, C], never a
+        # full-size int32 copy of a large image (served images are bounded,
+        # but 36 MP as int32 is still 432 MB).
+        def add_column(j, acc):
+            column = tf.strided_slice(images, [0, 0, j, 0], shape, [1, 1, fx, 1])
+            return j + 1, acc + tf.cast(column, tf.int32)
+
+        first = tf.cast(tf.strided_slice(images, [0, 0, 0, 0], shape, [1, 1, fx, 1]), tf.int32)
+        _, columns = tf.while_loop(lambda j, acc: j < fx, add_column, (tf.constant(1), first))
+        sums = tf.reduce_sum(tf.reshape(columns, [shape[0], height, fy, width, c]), axis=2)
 
         def two_by_two():     # OpenCV's SIMD 2x2 kernel rounds half up
             return tf.cast(tf.bitwise.right_shift(sums + 2, 2), tf.uint8)
@@ -107,7 +117,7 @@ def resize_area_u8(images: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf
     def fractional():
         x_index, x_weight = _area_taps(w, width)
         y_index, y_weight = _area_taps(h, height)
-        rows = _tap_sum(tf.cast(images, tf.float32), x_index, x_weight, axis=2)
+        rows = _tap_sum(images, x_index, x_weight, axis=2)
         return _to_u8(_tap_sum(rows, y_index, y_weight, axis=1))
 
     return tf.cond(tf.equal(h % height, 0) & tf.equal(w % width, 0),

@@ -1,47 +1,9 @@
 """SavedModel export for TF Serving: signatures, atomic versioned export, metadata.
 
 An export is `EXPORT_BASE/VERSION/` (VERSION a positive integer), the layout
-TF Serving's file-system source watches. It holds three signatures
-(or seven, below; method `tensorflow/serving/predict`, tag `serve`, variable batch size N):
-
-- `serving_default`: `image` uint8 [N, 160, 64, 3] RGB and `mask` uint8
-  [N, 160, 64, 1] (0 background .. 255 body) -> `embedding` float32 [N, D]
-  (h_full, D = 128) and, for MGCAM, `attention` float32 [N, 40, 16, 1]
-  (Phi+). The MSCAN-body baseline has no attention branch: its signatures
-  have `embedding` alone.
-- `serving_bytes`: `image_bytes` string [N] and `mask_bytes` string [N],
-  encoded files (JPEG, PNG, BMP or GIF; any size, decoded and resized to
-  160x64 in the graph; an empty `mask_bytes` element means "no mask": an
-  all-255 mask, the data pipeline's `full_body` policy) -> the same outputs.
-  For REST clients that send `{"b64": ...}`.
-- `serving_rgbm`: `rgbm` float32 [N, 160, 64, 4], input already through
-  `preprocess` -> the same outputs (what `mgcam-eval` and the evaluation
-  pipeline feed).
-
-With the mask model in the graph (`mask_model_path`; mgcam-export's
-default when `pose_landmark_full.tflite` is available), four more take the
-image alone and make its mask with the recipe of SPEC §8 in TF ops
-(`mgcam_tf.segmentation.graph_recipe`, `blazepose_graph`):
-
-- `serving_image`: `image` uint8 [N, H, W, 3], the crops' own pixels, any
-  H x W but one size per request -> `embedding`.
-- `serving_image_bytes`: `image_bytes` string [N], encoded files of any
-  sizes -> `embedding`.
-- `serving_image_details`: as `serving_image`, plus `attention` (MGCAM)
-  and `mask` uint8 [N, H, W, 1] (0/255, the crop's size).
-- `serving_image_bytes_details`: as `serving_image_bytes`, plus `attention`
-  and `mask_png` string [N] (each image's mask, PNG of its own size).
-
-The preprocessing in the graph is `mgcam_tf.data.preprocess.preprocess`
-itself, the function training and evaluation use. The signatures run only
-what their outputs need: stem, stages 1-2 and the full stream for
-`embedding` (`MGCAM.embed`'s path), plus the 3x3 attention convolution for
-`attention`; the body and background streams are never computed.
-
-Bad input is answered with an `InvalidArgument` error whose message says
-what was expected (rank, size, channels, at least one image, decodable
-bytes), checked in the graph so that TF Serving, which feeds tensors to the
-graph without checking their shapes, reports it too.
+TF Serving's file-system source watches. It holds the signatures of
+`mgcam_tf.serving.signatures` (three, or seven with the mask model in the
+graph), each bounded by `mgcam_tf.serving.limits`.
 
 Beside the SavedModel, `assets.extra/mgcam_export.json` (TF Serving copies
 nothing from `assets.extra`; it is the SavedModel's place for extra files)
@@ -75,263 +37,18 @@ from mgcam_tf.conventions import (ATTENTION_SIZE, IMAGE_HEIGHT, IMAGE_WIDTH, INP
                                   SIGNATURE_BYTES, SIGNATURE_DEFAULT, SIGNATURE_IMAGE,
                                   SIGNATURE_IMAGE_BYTES, SIGNATURE_IMAGE_BYTES_DETAILS,
                                   SIGNATURE_IMAGE_DETAILS, SIGNATURE_RGBM)
-from mgcam_tf.data.preprocess import (
-                                      decode_image, decode_mask, preprocess,
-                                      resize_to_input)
+from mgcam_tf.data.preprocess import preprocess
 from mgcam_tf.errors import ConfigError
-from mgcam_tf import atomic_files
+from mgcam_tf import atomic_files, process_lock
+from mgcam_tf.serving.limits import ServingLimits
+from mgcam_tf.serving.signatures import (MASK_IN_GRAPH_SIGNATURES, SIGNATURES,
+                                         has_attention_output, serving_functions)
 
-SIGNATURES = (SIGNATURE_DEFAULT, SIGNATURE_BYTES, SIGNATURE_RGBM)
-MASK_IN_GRAPH_SIGNATURES = (SIGNATURE_IMAGE, SIGNATURE_IMAGE_BYTES, SIGNATURE_IMAGE_DETAILS,
-                            SIGNATURE_IMAGE_BYTES_DETAILS)
 METADATA_DIR = "assets.extra"
 METADATA_FILE = "mgcam_export.json"
 WARMUP_FILE = "tf_serving_warmup_requests"   # the name TF Serving looks for
 WARMUP_BATCH_SIZES = (1, 4)
 FORMAT_VERSION = 1
-
-# First bytes of the formats tf.io.decode_image reads: anything else is
-# refused with a message naming the element before the decoder sees it.
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"GIF8")
-
-
-# ==================================================================================
-# Input checks inside the graph
-
-def _check_batch(tensor: tf.Tensor, name: str, tail: tuple[int, ...], dtype: str) -> tf.Tensor:
-    """`tensor` after asserting, at run time, that it is [N >= 1, *tail].
-
-    The checks are ops of the graph (not Python checks at trace time): TF
-    Serving feeds request tensors to the signature's placeholders without
-    looking at their shapes.
-    """
-    expected = f"{dtype} [{', '.join(['N', *map(str, tail)])}] with N >= 1"
-    shape = tf.shape(tensor)
-    rank_ok = tf.debugging.assert_equal(
-        tf.size(shape), len(tail) + 1,
-        message=f"input {name} must be {expected}; got a tensor of another rank")
-    with tf.control_dependencies([rank_ok]):
-        # Padding the shape keeps the slice valid for the message even when
-        # the rank check above is what fails first.
-        dims = tf.concat([shape, tf.zeros([len(tail) + 1], tf.int32)], 0)[:len(tail) + 1]
-    size_ok = tf.debugging.Assert(
-        tf.reduce_all(tf.equal(dims[1:], tf.constant(tail, tf.int32))),
-        [tf.strings.format(f"input {name} must be {expected}; got shape {{}}", shape)])
-    empty_ok = tf.debugging.Assert(
-        dims[0] > 0, [f"input {name} is an empty batch; it must be {expected}"])
-    checks = [rank_ok, size_ok, empty_ok]
-    if tensor.dtype.is_floating:
-        # NaN or Inf would come out as a plausible-looking embedding.
-        checks.append(tf.debugging.Assert(
-            tf.reduce_all(tf.math.is_finite(tensor)),
-            [f"input {name} holds NaN or Inf values; it must be finite"]))
-    with tf.control_dependencies(checks):
-        return tf.identity(tensor)
-
-
-def _check_same_batch(a: tf.Tensor, a_name: str, b: tf.Tensor, b_name: str) -> tf.Operation:
-    return tf.debugging.Assert(
-        tf.equal(tf.shape(a)[0], tf.shape(b)[0]),
-        [tf.strings.format(f"inputs {a_name} and {b_name} must hold as many elements; "
-                           f"got {{}} and {{}}", (tf.shape(a)[0], tf.shape(b)[0]))])
-
-
-def _check_encoded(contents: tf.Tensor, name: str, allow_empty: bool) -> tf.Operation:
-    """Asserts that every element of string [N] looks like a JPEG/PNG/BMP/GIF file."""
-    head = tf.strings.substr(contents, 0, 4)
-    known = tf.zeros_like(contents, dtype=tf.bool)
-    for magic in _MAGIC:
-        known |= tf.equal(tf.strings.substr(head, 0, len(magic)), magic)
-    if allow_empty:
-        known |= tf.equal(tf.strings.length(contents), 0)
-    first_bad = tf.argmin(tf.cast(known, tf.int32), output_type=tf.int32)
-    allowed = "a JPEG, PNG, BMP or GIF file" + (" (or empty: no mask)" if allow_empty else "")
-    return tf.debugging.Assert(
-        tf.reduce_all(known),
-        [tf.strings.format(f"input {name}[{{}}] is not {allowed}", first_bad)])
-
-
-def _decode_resized(contents: tf.Tensor, mask: bool) -> tf.Tensor:
-    """string [N] -> uint8 [N, 160, 64, C]: each file decoded and resized on its own
-    (files differ in size), with the resize `preprocess` would do."""
-    def one(data):
-        if not mask:
-            return resize_to_input(decode_image(data))
-        # An empty element means no mask: all body, as missing_masks="full_body".
-        return tf.cond(tf.strings.length(data) > 0,
-                       lambda: resize_to_input(decode_mask(data)),
-                       lambda: tf.fill([IMAGE_HEIGHT, IMAGE_WIDTH, 1], tf.constant(255, tf.uint8)))
-
-    channels = 1 if mask else 3
-    return tf.map_fn(one, contents, fn_output_signature=tf.TensorSpec(
-        [IMAGE_HEIGHT, IMAGE_WIDTH, channels], tf.uint8))
-
-
-# ==================================================================================
-# The network's part of a signature
-
-def _network_outputs(model: Any, rgbm: tf.Tensor) -> dict[str, tf.Tensor]:
-    """embedding [N, D] (and attention [N, 40, 16, 1] for MGCAM) of rgbm [N, 160, 64, 4],
-    float32 whatever the model's dtype policy: the model's own inference path."""
-    outputs = model.inference_outputs(rgbm)
-    named = {OUTPUT_EMBEDDING: outputs["h_full"]}
-    if "attention" in outputs:
-        named[OUTPUT_ATTENTION] = outputs["attention"]
-    return {k: tf.cast(v, tf.float32) for k, v in named.items()}
-
-
-def _check_image_batch(tensor: tf.Tensor, name: str) -> tf.Tensor:
-    """`tensor` after asserting that it is uint8 [N >= 1, H >= 1, W >= 1, 3] (any H, W)."""
-    expected = "uint8 [N, H, W, 3] with N, H, W >= 1 (one size per request)"
-    shape = tf.shape(tensor)
-    rank_ok = tf.debugging.assert_equal(
-        tf.size(shape), 4, message=f"input {name} must be {expected}; got a tensor of another rank")
-    with tf.control_dependencies([rank_ok]):
-        dims = tf.concat([shape, tf.zeros([4], tf.int32)], 0)[:4]
-    channels_ok = tf.debugging.Assert(
-        tf.equal(dims[3], 3),
-        [tf.strings.format(f"input {name} must be {expected}; got shape {{}}", shape)])
-    empty_ok = tf.debugging.Assert(
-        tf.reduce_all(dims[:3] > 0),
-        [tf.strings.format(f"input {name} is empty (shape {{}}); it must be {expected}", shape)])
-    with tf.control_dependencies([rank_ok, channels_ok, empty_ok]):
-        return tf.identity(tensor)
-
-
-def _decode_for_mask(data: tf.Tensor, pixels: tf.Tensor) -> tf.Tensor:
-    """The pixels the mask recipe sees: JPEG decoded again with libjpeg's
-    accurate integer IDCT (the recipe's decoder; TF's default fast IDCT,
-    which `decode_image` uses for the embedding as `serving_bytes` does,
-    changes about 1 % of the mask pixels), other formats as decoded."""
-    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
-    return tf.cond(is_jpeg,
-                   lambda: tf.ensure_shape(tf.io.decode_jpeg(
-                       data, channels=3, dct_method="INTEGER_ACCURATE"), [None, None, 3]),
-                   lambda: pixels)
-
-
-def _image_only_functions(model: Any, segmenter: Any) -> dict:
-    """The signatures that make the mask in the graph (module doc)."""
-    from mgcam_tf.segmentation import graph_recipe
-
-    def finish(image, mask, details, extra):
-        outputs = _network_outputs(model, preprocess(image, mask)["rgbm"])
-        if not details:
-            return {OUTPUT_EMBEDDING: outputs[OUTPUT_EMBEDDING]}
-        return {**outputs, **extra}
-
-    def pixels_fn(details):
-        @tf.function(input_signature=[
-            tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_IMAGE)])
-        def serve_image(image):
-            image = _check_image_batch(image, INPUT_IMAGE)
-            mask = graph_recipe.crop_masks(segmenter, image)
-            return finish(image, mask, details, {OUTPUT_MASK: mask})
-        return serve_image
-
-    def bytes_fn(details):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_IMAGE_BYTES)])
-        def serve_image_bytes(image_bytes):
-            image_bytes = _check_batch(image_bytes, INPUT_IMAGE_BYTES, (), "string")
-            # Flattened so that the check itself stays valid on input of a
-            # wrong rank (the rank check above names that error).
-            flat = tf.reshape(image_bytes, [-1])
-            with tf.control_dependencies(
-                    [_check_encoded(flat, INPUT_IMAGE_BYTES, allow_empty=False)]):
-                image_bytes = tf.identity(image_bytes)
-
-            def prepare(data):
-                # Files differ in size: each is letterboxed on its own, then
-                # the network runs once on the batch of 256x256 canvases.
-                pixels = decode_image(data)
-                canvas, geometry = graph_recipe.letterbox_canvas(
-                    _decode_for_mask(data, pixels)[tf.newaxis])
-                size = tf.shape(pixels)[:2]
-                return canvas[0], resize_to_input(pixels), tf.concat([size, tf.stack(geometry)], 0)
-
-            canvas, image, geometry = tf.map_fn(prepare, image_bytes, fn_output_signature=(
-                tf.TensorSpec([graph_recipe.INPUT_SIZE, graph_recipe.INPUT_SIZE, 3], tf.float32),
-                tf.TensorSpec([IMAGE_HEIGHT, IMAGE_WIDTH, 3], tf.uint8),
-                tf.TensorSpec([6], tf.int32)))
-            logits = segmenter(canvas)
-
-            def crop_mask(args):
-                one, g = args
-                mask = graph_recipe.binary_mask(graph_recipe.logits_to_crop(
-                    one[tf.newaxis], (g[2], g[3], g[4], g[5]), g[0], g[1]))[0]
-                png = tf.io.encode_png(mask) if details else tf.constant(b"")
-                return resize_to_input(mask), png
-
-            mask, png = tf.map_fn(crop_mask, (logits, geometry), fn_output_signature=(
-                tf.TensorSpec([IMAGE_HEIGHT, IMAGE_WIDTH, 1], tf.uint8),
-                tf.TensorSpec([], tf.string)))
-            return finish(image, mask, details, {OUTPUT_MASK_PNG: png})
-        return serve_image_bytes
-
-    return {SIGNATURE_IMAGE: pixels_fn(False).get_concrete_function(),
-            SIGNATURE_IMAGE_BYTES: bytes_fn(False).get_concrete_function(),
-            SIGNATURE_IMAGE_DETAILS: pixels_fn(True).get_concrete_function(),
-            SIGNATURE_IMAGE_BYTES_DETAILS: bytes_fn(True).get_concrete_function()}
-
-
-def has_attention_output(model: Any) -> bool:
-    """Whether the model's signatures have an `attention` output (MGCAM yes, MSCAN no)."""
-    return getattr(model, "attention_mode", "none") != "none"
-
-
-def serving_functions(model: Any, segmenter: Any = None
-                      ) -> dict[str, tf.types.experimental.ConcreteFunction]:
-    """The signatures of the module doc, as concrete functions of `model`.
-
-    Args:
-      model: a built `mgcam_tf.modeling.models.MGCAM` (or `MSCANBody`).
-      segmenter: a `mgcam_tf.segmentation.blazepose_graph.SegmentationNetwork`
-        to add the image-only signatures (`MASK_IN_GRAPH_SIGNATURES`); None:
-        the three mask-taking ones only.
-
-    Returns:
-      {signature name: concrete function}, each with a variable batch size.
-    """
-    height, width = IMAGE_HEIGHT, IMAGE_WIDTH
-
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, height, width, 3], tf.uint8, name=INPUT_IMAGE),
-        tf.TensorSpec([None, height, width, 1], tf.uint8, name=INPUT_MASK)])
-    def serve_pixels(image, mask):
-        image = _check_batch(image, INPUT_IMAGE, (height, width, 3), "uint8")
-        mask = _check_batch(mask, INPUT_MASK, (height, width, 1), "uint8")
-        with tf.control_dependencies([_check_same_batch(image, INPUT_IMAGE, mask, INPUT_MASK)]):
-            rgbm = preprocess(image, mask)["rgbm"]
-        return _network_outputs(model, rgbm)
-
-    @tf.function(input_signature=[
-        tf.TensorSpec([None], tf.string, name=INPUT_IMAGE_BYTES),
-        tf.TensorSpec([None], tf.string, name=INPUT_MASK_BYTES)])
-    def serve_bytes(image_bytes, mask_bytes):
-        image_bytes = _check_batch(image_bytes, INPUT_IMAGE_BYTES, (), "string")
-        mask_bytes = _check_batch(mask_bytes, INPUT_MASK_BYTES, (), "string")
-        checks = [_check_same_batch(image_bytes, INPUT_IMAGE_BYTES, mask_bytes, INPUT_MASK_BYTES),
-                  _check_encoded(image_bytes, INPUT_IMAGE_BYTES, allow_empty=False),
-                  _check_encoded(mask_bytes, INPUT_MASK_BYTES, allow_empty=True)]
-        with tf.control_dependencies(checks):
-            image = _decode_resized(image_bytes, mask=False)
-            mask = _decode_resized(mask_bytes, mask=True)
-        rgbm = preprocess(image, mask)["rgbm"]
-        return _network_outputs(model, rgbm)
-
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, height, width, 4], tf.float32, name=INPUT_RGBM)])
-    def serve_rgbm(rgbm):
-        rgbm = _check_batch(rgbm, INPUT_RGBM, (height, width, 4), "float32")
-        return _network_outputs(model, rgbm)
-
-    functions = {SIGNATURE_DEFAULT: serve_pixels.get_concrete_function(),
-                 SIGNATURE_BYTES: serve_bytes.get_concrete_function(),
-                 SIGNATURE_RGBM: serve_rgbm.get_concrete_function()}
-    if segmenter is not None:
-        functions.update(_image_only_functions(model, segmenter))
-    return functions
-
 
 # ==================================================================================
 # Writing an export
@@ -369,18 +86,6 @@ def resolve_export(path: os.PathLike) -> pathlib.Path:
     return path / str(versions[-1])
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # another user's live process
-        return True
-    except OverflowError:
-        return False
-    return True
-
-
 STALE_UNNAMED_EXPORT_SECONDS = 24 * 3600
 
 
@@ -402,7 +107,8 @@ def remove_stale_exports(export_base: os.PathLike) -> list[pathlib.Path]:
         found = re.fullmatch(r"\.\d+\.tmp-(\d+)-.*", leftover.name)
         try:
             if found:
-                stale = int(found.group(1)) != os.getpid() and not _pid_alive(int(found.group(1)))
+                stale = (int(found.group(1)) != os.getpid()
+                         and not process_lock.pid_alive(int(found.group(1))))
             else:
                 stale = time.time() - leftover.stat().st_mtime > STALE_UNNAMED_EXPORT_SECONDS
         except OSError:
@@ -415,7 +121,8 @@ def remove_stale_exports(export_base: os.PathLike) -> list[pathlib.Path]:
 
 def export_saved_model(model: Any, export_base: os.PathLike, version: Optional[int] = None,
                        *, metadata: Optional[dict] = None,
-                       mask_model_path: Optional[os.PathLike] = None) -> pathlib.Path:
+                       mask_model_path: Optional[os.PathLike] = None,
+                       limits: Optional[ServingLimits] = None) -> pathlib.Path:
     """Writes `model`'s signatures to `export_base/VERSION/`, complete or not at all.
 
     The SavedModel is written to a hidden temporary folder beside the version
@@ -431,6 +138,8 @@ def export_saved_model(model: Any, export_base: os.PathLike, version: Optional[i
         (`mgcam_tf.segmentation.model_file.resolve_model_path`): its
         segmentation network goes into the graph, with the image-only
         signatures. None: the mask-taking signatures only.
+      limits: the bounds on one request (`mgcam_tf.serving.limits`), recorded
+        in the metadata's `limits`; None: the defaults.
 
     Returns:
       The version folder.
@@ -462,7 +171,8 @@ def export_saved_model(model: Any, export_base: os.PathLike, version: Optional[i
         mask_info = {"mask_in_graph": {"model": model_file.MODEL_FILENAME,
                                        "source": model_file.MEDIAPIPE_REQUIREMENT,
                                        "sha256": model_file.MODEL_SHA256}}
-    functions = serving_functions(model, segmenter)
+    limits = limits or ServingLimits()
+    functions = serving_functions(model, segmenter, limits)
     # Only the variables are tracked, not the Keras objects: the SavedModel
     # then loads anywhere without mgcam_tf (or Keras) being importable.
     root = tf.Module(name="mgcam_serving")
@@ -478,6 +188,7 @@ def export_saved_model(model: Any, export_base: os.PathLike, version: Optional[i
         "feature": "h_full",
         "attention_output": has_attention_output(model),
         "tensorflow_version": tf.__version__,
+        "limits": limits.as_dict(),
         **mask_info,
         **(metadata or {}),
     }
@@ -590,7 +301,8 @@ def signature_summary(functions: dict) -> dict:
 def export_model_dir(model_dir: os.PathLike, export_base: os.PathLike,
                      version: Optional[int] = None, *,
                      metadata: Optional[dict] = None,
-                     mask_model_path: Optional[os.PathLike] = None) -> pathlib.Path:
+                     mask_model_path: Optional[os.PathLike] = None,
+                     limits: Optional[ServingLimits] = None) -> pathlib.Path:
     """Exports the latest checkpoint of a training run (see `export_saved_model`).
 
     Raises:
@@ -598,11 +310,27 @@ def export_model_dir(model_dir: os.PathLike, export_base: os.PathLike,
     """
     from mgcam_tf.training import run_dir
 
-    model = run_dir.load_trained_model(model_dir)
+    model = run_dir.load_trained_model(model_dir, allow_older=False)
     info = {"model_dir": os.path.abspath(os.fspath(model_dir)),
             "model": run_dir.read_model_config(model_dir), **(metadata or {})}
     return export_saved_model(model, export_base, version, metadata=info,
-                              mask_model_path=mask_model_path)
+                              mask_model_path=mask_model_path, limits=limits)
+
+
+def export_fingerprint(version_dir: os.PathLike) -> str:
+    """Identifies an export's weights: sha1 of its graph and variables index.
+
+    The one rule: feature folders, indexes and `--features` files record it,
+    and every reader compares it, without loading the model.
+    """
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name in ("saved_model.pb", "variables/variables.index"):
+        path = pathlib.Path(version_dir, name)
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def read_metadata(export_dir: os.PathLike) -> dict:
@@ -641,5 +369,6 @@ __all__ = [
     "OUTPUT_EMBEDDING", "OUTPUT_ATTENTION", "SERVING_TAG", "PREDICT_METHOD",
     "serving_functions", "export_saved_model", "export_model_dir", "next_version",
     "resolve_export", "read_metadata", "write_metadata", "has_attention_output",
-    "ATTENTION_SIZE",
+    "export_fingerprint",
+    "ATTENTION_SIZE", "ServingLimits",
 ]

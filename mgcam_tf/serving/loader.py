@@ -9,15 +9,108 @@ the same pixels, and of the Keras model (tests/test_export.py).
 
 from __future__ import annotations
 
-import hashlib
 import os
-import pathlib
 import re
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from mgcam_tf.errors import ConfigError, DataError
+
+
+def limits_of(metadata: dict):
+    """The `ServingLimits` an export records (its defaults for exports made before)."""
+    from mgcam_tf.serving.limits import ServingLimits
+
+    recorded = metadata.get("limits")
+    try:
+        return ServingLimits(**recorded) if isinstance(recorded, dict) else ServingLimits()
+    except (TypeError, ConfigError):
+        return ServingLimits()
+
+
+_HEAD_BYTES = 1 << 18    # where a JPEG's SOF marker lies, past any EXIF thumbnail
+
+
+def refuse_oversized(paths: Sequence[str], limits) -> None:
+    """DataError naming the first file whose header announces more than
+    `limits.max_image_pixels` pixels, read before anything is decoded."""
+    import tensorflow as tf
+
+    from mgcam_tf.serving.limits import encoded_sizes
+
+    def heads(names, whole=False):
+        out = []
+        for name in names:
+            try:
+                with open(name, "rb") as f:
+                    out.append(f.read() if whole else f.read(_HEAD_BYTES))
+            except OSError:
+                out.append(b"")      # the reader names it
+        return out
+
+    for start in range(0, len(paths), 256):
+        names = [str(p) for p in paths[start:start + 256]]
+        try:
+            sizes = encoded_sizes(tf.constant(heads(names))).numpy()
+        except tf.errors.OpError:    # a JPEG header past the head, or a corrupt one
+            sizes = []
+            for name in names:
+                try:
+                    sizes.append(encoded_sizes(tf.constant(heads([name], True))).numpy()[0])
+                except tf.errors.OpError:
+                    sizes.append((0, 0))     # the decoder names it
+        for name, (height, width) in zip(names, sizes):
+            if int(height) * int(width) > limits.max_image_pixels:
+                raise DataError(f"{name}: a {width}x{height} image ({int(height) * int(width)} "
+                                f"pixels); the export takes at most {limits.max_image_pixels} "
+                                "pixels an image (its max_image_pixels)")
+
+
+def read_files(paths: Sequence[str], what: str = "image") -> list[bytes]:
+    """The bytes of each file; DataError naming the one that cannot be read."""
+    contents = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                contents.append(f.read())
+        except OSError as err:
+            raise DataError(f"{path}: cannot read the {what} ({err.strerror})") from None
+    return contents
+
+
+def _decode_error(path: str, channels: int) -> Optional[str]:
+    """Why `path` cannot be decoded as an image (None: it can)."""
+    import tensorflow as tf
+
+    try:
+        tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+    except (tf.errors.OpError, OSError) as err:
+        lines = [ln.strip() for ln in getattr(err, "message", str(err)).splitlines()
+                 if ln.strip() and not ln.strip().startswith("[[")]
+        return lines[-1] if lines else type(err).__name__
+    return None
+
+
+def _raise_naming_the_file(err, image_paths: Sequence[str],
+                           mask_paths: Sequence[Optional[str]]):
+    """Raises DataError for a batch that failed in the graph, naming the file at fault.
+
+    The graph's decoders report their node ("map/while/cond/DecodeJpeg"), not
+    the element, so the files are decoded again one by one to find it; the
+    graph's own message (a named assertion) is kept when none fails alone.
+    """
+    for path, mask in zip(image_paths, mask_paths):
+        for name, channels, what in ((path, 3, "image"), (mask, 0, "mask")):
+            if name and os.path.isfile(name):
+                reason = _decode_error(str(name), channels)
+                if reason is not None:
+                    raise DataError(f"{name}: cannot decode the {what} ({reason})") from None
+    found = re.search(r"assertion failed: \[(.*)\]", err.message)
+    lines = [ln.strip() for ln in err.message.splitlines() if ln.strip()]
+    message = found.group(1) if found else " ".join(err.message.split("\n")[0].split())
+    raise DataError(message.replace("assertion failed: ", "") or
+                    (lines[-1] if lines else str(err))) from None
 
 
 class SavedModelEmbedder:
@@ -46,6 +139,10 @@ class SavedModelEmbedder:
         # Exports made with the mask model in the graph (mgcam-export's default
         # when it is available) embed an image without a mask file.
         self._image_bytes = self._loaded.signatures.get(export.SIGNATURE_IMAGE_BYTES)
+        # Files decoded here (embed_files) get the bound the export's
+        # signatures apply in the graph: a decompression bomb as a query
+        # must not take the command down either.
+        self.limits = limits_of(self.metadata)
 
     @property
     def has_mask_in_graph(self) -> bool:
@@ -74,22 +171,27 @@ class SavedModelEmbedder:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the export's weights (sha1 of its variables index and graph)."""
-        digest = hashlib.sha1()
-        for name in ("saved_model.pb", "variables/variables.index"):
-            path = pathlib.Path(self.export_dir, name)
-            if path.is_file():
-                digest.update(path.read_bytes())
-        return digest.hexdigest()
+        """Identifies the export's weights (`export.export_fingerprint`)."""
+        from mgcam_tf.serving import export
+
+        return export.export_fingerprint(self.export_dir)
 
     def embed_rgbm(self, rgbm) -> np.ndarray:
         """float32 [B, D] embeddings of preprocessed rgbm [B, 160, 64, 4]."""
-        return self._rgbm(**{self._rgbm_input: rgbm})["embedding"].numpy()
+        return self({"rgbm": rgbm})["embedding"].numpy()
 
     def __call__(self, x: dict):
         """{"rgbm": [B, 160, 64, 4]} -> the signature's outputs (for
-        `mgcam_tf.evaluation.features.extract_features`)."""
-        return self._rgbm(**{self._rgbm_input: x["rgbm"]})
+        `mgcam_tf.evaluation.features.extract_features`), in requests of at
+        most the export's max_batch (a larger --batch_size is split, not refused)."""
+        import tensorflow as tf
+
+        rgbm, step = x["rgbm"], self.limits.max_batch
+        if len(rgbm) <= step:
+            return self._rgbm(**{self._rgbm_input: rgbm})
+        parts = [self._rgbm(**{self._rgbm_input: rgbm[i:i + step]})
+                 for i in range(0, len(rgbm), step)]
+        return {key: tf.concat([part[key] for part in parts], 0) for key in parts[0]}
 
     def embed_files(self, image_paths: Sequence[str], mask_paths: Sequence[Optional[str]],
                     *, batch_size: int = 64,
@@ -110,12 +212,16 @@ class SavedModelEmbedder:
         n = len(image_paths)
         if n == 0:
             raise DataError("no image to embed")
+        refuse_oversized([*image_paths, *(m for m in mask_paths if m)], self.limits)
         chunks, done = [], 0
-        for rgbm in pipeline.file_batches(image_paths, mask_paths, batch_size):
-            chunks.append(self.embed_rgbm(rgbm))
-            done += len(chunks[-1])
-            if progress is not None:
-                progress(done, n)
+        try:
+            for rgbm in pipeline.file_batches(image_paths, mask_paths, batch_size):
+                chunks.append(self.embed_rgbm(rgbm))
+                done += len(chunks[-1])
+                if progress is not None:
+                    progress(done, n)
+        except tf.errors.InvalidArgumentError as err:
+            _raise_naming_the_file(err, image_paths, mask_paths)
         return np.concatenate(chunks)
 
     def embed_image_files(self, image_paths: Sequence[str], *, batch_size: int = 64,
@@ -142,13 +248,7 @@ class SavedModelEmbedder:
         chunks = []
         for start in range(0, n, max(1, int(batch_size))):
             paths = [str(p) for p in image_paths[start:start + batch_size]]
-            contents = []
-            for path in paths:
-                try:
-                    with open(path, "rb") as f:
-                        contents.append(f.read())
-                except OSError as err:
-                    raise DataError(f"{path}: cannot read the image ({err.strerror})") from None
+            contents = read_files(paths)
             try:
                 out = self._image_bytes(**{export.INPUT_IMAGE_BYTES: tf.constant(contents)})
             except tf.errors.InvalidArgumentError as err:
@@ -158,9 +258,12 @@ class SavedModelEmbedder:
                 lines = [ln.strip() for ln in err.message.splitlines() if ln.strip()]
                 message = found.group(1) if found else (lines[-1] if lines else str(err))
                 # The graph names the element ("image_bytes[3]"); name the file.
+                named = message
                 for k, path in enumerate(paths):
-                    message = message.replace(f"{export.INPUT_IMAGE_BYTES}[{k}]", path)
-                raise DataError(message) from None
+                    named = named.replace(f"{export.INPUT_IMAGE_BYTES}[{k}]", path)
+                if named == message:     # a decoder's error names no element: find it
+                    _raise_naming_the_file(err, paths, [None] * len(paths))
+                raise DataError(named) from None
             chunks.append(out[export.OUTPUT_EMBEDDING].numpy())
             if progress is not None:
                 progress(start + len(paths), n)
@@ -169,8 +272,8 @@ class SavedModelEmbedder:
     def embed_images(self, image_paths: Sequence[str], mask_paths: Sequence[Optional[str]],
                      *, batch_size: int = 64) -> np.ndarray:
         """`embed_files`, except that images whose mask is
-        `user_images.MASK_IN_GRAPH` go through `embed_image_files`."""
-        from mgcam_tf.retrieval.user_images import MASK_IN_GRAPH
+        `conventions.MASK_IN_GRAPH` go through `embed_image_files`."""
+        from mgcam_tf.conventions import MASK_IN_GRAPH
 
         in_graph = [i for i, m in enumerate(mask_paths) if m == MASK_IN_GRAPH]
         files = [i for i, m in enumerate(mask_paths) if m != MASK_IN_GRAPH]

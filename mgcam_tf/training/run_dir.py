@@ -20,13 +20,12 @@ import logging
 import os
 import pathlib
 import shutil
-import socket
 import keras
 import tensorflow as tf
 from keras import ops
 from mgcam_tf.modeling import models
 from mgcam_tf.errors import ConfigError, OutputError
-from mgcam_tf import atomic_files
+from mgcam_tf import atomic_files, process_lock
 
 CONFIG_FILE = "config.json"
 
@@ -136,14 +135,76 @@ def checkpoint_step(path: str) -> int:
     return int(path.rsplit("-", 1)[1])
 
 
-def load_trained_model(model_dir: os.PathLike) -> models.MGCAM:
-    """The model of a model directory with the weights of its latest checkpoint."""
+def load_trained_model(model_dir: os.PathLike, *, allow_older: bool = True) -> models.MGCAM:
+    """The model of a model directory with the weights of its latest checkpoint.
+
+    Args:
+      allow_older: when the latest checkpoint cannot be read (a truncated
+        data file), restore the newest intact one with a warning naming the
+        skipped one (evaluation); False: refuse (export, which must not
+        export older weights silently).
+    """
     model = models.model_from_config(read_model_config(model_dir))
     manager = checkpoint_manager(model_dir, model)
     if manager.latest_checkpoint is None:
         raise ConfigError(f"{model_dir} holds no checkpoint yet: train it first")
-    restore_complete(manager.checkpoint, manager.latest_checkpoint, str(model_dir))
+    restore_newest_intact(manager, str(model_dir), allow_older=allow_older)
     return model
+
+
+class UnreadableCheckpoint(ConfigError):
+    """A checkpoint whose files cannot be read whole (truncated, corrupt)."""
+
+
+# What reading a damaged checkpoint raises: TF's own errors, and the Python
+# reader's IndexError ("Read less bytes than requested") for a truncated file.
+_DAMAGED_CHECKPOINT_ERRORS = (tf.errors.OpError, IndexError, ValueError, OSError, EOFError)
+
+
+def _damaged_file(path: str) -> str:
+    """The file of checkpoint `path` to name in a message: its data file (the one a
+    truncation hits) when there is exactly one, else the checkpoint's prefix."""
+    data = sorted(pathlib.Path(path).parent.glob(pathlib.Path(path).name + ".data-*"))
+    return str(data[0]) if len(data) == 1 else path
+
+
+def restore_newest_intact(manager: tf.train.CheckpointManager, what: str, *,
+                          allow_older: bool = True) -> str | None:
+    """Restores the newest of `manager`'s checkpoints that reads whole; returns its path
+    (None when there is none).
+
+    A damaged checkpoint is skipped with a warning naming its file on the
+    `mgcam_tf` logger when `allow_older`, else refused.
+
+    Raises:
+      UnreadableCheckpoint: the latest is damaged and not `allow_older`, or
+        every checkpoint is; one line naming the file.
+      ConfigError: as `restore_complete`.
+    """
+    candidates = list(reversed(manager.checkpoints))
+    if manager.latest_checkpoint and manager.latest_checkpoint not in candidates:
+        candidates.insert(0, manager.latest_checkpoint)
+    skipped = []
+    for path in candidates:
+        try:
+            restore_complete(manager.checkpoint, path, what)
+        except _DAMAGED_CHECKPOINT_ERRORS as err:
+            reason = " ".join(str(err).split())[:200] or type(err).__name__
+            problem = f"checkpoint {_damaged_file(path)} cannot be read ({reason})"
+            if not allow_older:
+                raise UnreadableCheckpoint(
+                    f"{what}: {problem}; refusing to use an older checkpoint: delete "
+                    "the damaged one or restore it from a copy") from None
+            logging.getLogger("mgcam_tf").warning("%s: %s; skipping it", what, problem)
+            skipped.append(problem)
+            continue
+        if skipped:
+            logging.getLogger("mgcam_tf").warning("%s: restored the newest intact checkpoint %s",
+                                                  what, path)
+        return path
+    if skipped:
+        raise UnreadableCheckpoint(f"{what}: no checkpoint can be read ({skipped[0]})")
+    return None
 
 
 def model_fingerprint(model_dir: os.PathLike) -> str:
@@ -260,23 +321,14 @@ def restore_all_but_classifiers(model: keras.Model, source_config: dict, path: s
 LOCK_FILE = ".trainer.lock"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def trainer_lock(model_dir: os.PathLike, enabled: bool = True):
     """Holds `model_dir/.trainer.lock` (this host and pid) while a trainer runs.
 
     A second trainer of the same directory gets a ConfigError naming the
     first one's pid. A lock left by a process that is no longer running (a
-    kill -9) is taken over, with a warning on the `mgcam_tf` logger.
+    kill -9), or one whose owner cannot be read once a few seconds old, is
+    taken over with a warning on the `mgcam_tf` logger (`mgcam_tf.process_lock`).
     """
     if not enabled:
         yield
@@ -288,36 +340,9 @@ def trainer_lock(model_dir: os.PathLike, enabled: bool = True):
         model_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"--model_dir {model_dir}: cannot create it ({err.strerror})") from None
-    path = model_dir / LOCK_FILE
-    host = socket.gethostname()
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = json.loads(path.read_text())
-            except (OSError, ValueError):
-                owner = {}
-            pid = owner.get("pid")
-            if owner.get("host") == host and isinstance(pid, int) and not _alive(pid):
-                logging.getLogger("mgcam_tf").warning(
-                    "%s: taking over the lock of trainer pid %d, which is no longer running",
-                    model_dir, pid)
-                path.unlink(missing_ok=True)
-                continue
-            raise ConfigError(
-                f"--model_dir {model_dir} is in use by another trainer (pid {pid} on "
-                f"{owner.get('host', '?')}, lock {path}); wait for it to finish or choose "
-                "another --model_dir") from None
-        except OSError as err:
-            raise OutputError(f"{path}: cannot create the lock ({err.strerror})") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": host}, f)
-        break
-    try:
+    with process_lock.held(model_dir / LOCK_FILE, f"--model_dir {model_dir}", "trainer",
+                           "choose another --model_dir"):
         yield
-    finally:
-        path.unlink(missing_ok=True)
 
 
 def remove_partial_saves(model_dir: os.PathLike) -> None:

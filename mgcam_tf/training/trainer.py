@@ -90,9 +90,10 @@ def _train(model_dir, dataset, model_config, solver, objective, run, *, strategy
     manager = run_dir.checkpoint_manager(model_dir, network, model.optimizer,
                                          run.max_checkpoints)
     done = 0
-    if manager.latest_checkpoint:
-        manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        done = run_dir.checkpoint_step(manager.latest_checkpoint)
+    # A damaged latest checkpoint (a truncated data file) is skipped with a warning.
+    restored = run_dir.restore_newest_intact(manager, f"--model_dir {model_dir}")
+    if restored:
+        done = run_dir.checkpoint_step(restored)
     elif init_from:
         run_dir.initialise_from(network, init_from)
     if done >= run.total_steps:

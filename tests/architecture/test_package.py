@@ -1,6 +1,7 @@
-"""The package's shape: no import cycle, a small public API, no SavedModel loading
-outside the one loader, no flag parsing or printing outside cli/, no train_step in
-the model classes."""
+"""The package's shape: no import cycle, no import up the layers (at module or
+function level), a small public API, no SavedModel loading outside the one
+loader, no flag parsing or printing outside cli/, no train_step in the model
+classes."""
 
 import ast
 import pathlib
@@ -52,6 +53,44 @@ def test_no_import_cycle():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+# Bottom to top (docs/ARCHITECTURE.md): a module imports only from its own layer
+# or the layers below, wherever the import statement sits (a lazy import inside
+# a function is still an arrow of the graph).
+LAYERS = (
+    ("mgcam_tf.conventions", "mgcam_tf.errors", "mgcam_tf.hardware", "mgcam_tf.atomic_files",
+     "mgcam_tf.process_lock"),
+    ("mgcam_tf.segmentation",),
+    ("mgcam_tf.data",),
+    ("mgcam_tf.modeling",),
+    ("mgcam_tf.evaluation",),
+    ("mgcam_tf.training",),
+    ("mgcam_tf.serving",),
+    ("mgcam_tf.presets",),
+    ("mgcam_tf.retrieval",),
+    ("mgcam_tf.cli",),
+)
+
+
+def _layer(module: str) -> int | None:
+    for level, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return level
+    return None
+
+
+def test_no_import_up_the_layers():
+    upward = []
+    for name, path in _modules():
+        mine = _layer(name)
+        if mine is None:
+            continue
+        for imported in sorted(_imports(name, path)):
+            theirs = _layer(imported)
+            if theirs is not None and theirs > mine:
+                upward.append(f"{name} -> {imported}")
+    assert not upward, "imports up the layers: " + ", ".join(upward)
 
 
 def test_public_api_resolves():

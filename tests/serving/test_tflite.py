@@ -24,7 +24,7 @@ from mgcam_tf.data import layouts, pipeline
 from mgcam_tf.data.preprocess import preprocess
 from mgcam_tf.errors import ConfigError
 from mgcam_tf.modeling import models
-from mgcam_tf.serving import export, tflite
+from mgcam_tf.serving import export, limits, tflite
 from mgcam_tf.training import run_dir
 
 from serving_standins import shared_export
@@ -105,6 +105,8 @@ def test_int8_close_and_rank_preserving_on_real_crops(model, savedmodel_embed, c
     # nearest neighbour of its original under int8 as it is in float32.
     rgbm = crops["rgbm"].numpy()
     noisy = rgbm + np.random.default_rng(0).normal(0, 0.02, rgbm.shape).astype(np.float32)
+    # Kept within what preprocess can give: serving_rgbm refuses anything else.
+    noisy = np.clip(noisy, limits.RGBM_LOW, limits.RGBM_HIGH).astype(np.float32)
     rgbm = np.concatenate([rgbm, noisy])
     got, want = embedder(rgbm), savedmodel_embed(rgbm)
     assert relative_error(got, want) <= 0.1
