@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from mgcam_tf.conventions import default_mask_path
 from mgcam_tf.errors import DataError
-from mgcam_tf.segmentation import distilled
+from mgcam_tf.segmentation import distilled, graph_recipe
 
 
 def teacher_pairs(image_paths: Sequence[str]) -> list[str]:
@@ -41,7 +41,7 @@ def _load(image_path, mask_path):
 
     from mgcam_tf.data.preprocess import decode_mask, resize_to_input
 
-    image = distilled.decode_crop(tf.io.read_file(image_path))
+    image = graph_recipe.decode_crop(tf.io.read_file(image_path))
     mask = tf.cast(decode_mask(tf.io.read_file(mask_path)), tf.float32) / 255.0
     target = tf.image.resize(mask, distilled.INPUT_SIZE, method="bilinear", antialias=True)
     return resize_to_input(image), tf.clip_by_value(target, 0.0, 1.0)

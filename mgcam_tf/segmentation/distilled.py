@@ -153,35 +153,25 @@ def crop_masks(net, images):
     return binary_mask(logits_to_size(logits, shape[1], shape[2]))
 
 
-def decode_crop(data):
-    """Encoded image bytes -> uint8 RGB [H, W, 3], in the graph.
-
-    JPEG with libjpeg's accurate IDCT, as `segmenter.decode_image` decodes
-    the crops the teacher's masks were made from."""
-    import tensorflow as tf
-
-    image = tf.cond(tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff"),
-                    lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-                    lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
-    return tf.ensure_shape(image, [None, None, 3])
-
-
 def _decode_for_network(path):
     """(float32 [160, 64, 3] network input, int32 [2] crop size, path) of one file."""
     import tensorflow as tf
+
+    from mgcam_tf.segmentation.graph_recipe import decode_crop
 
     image = decode_crop(tf.io.read_file(path))
     return network_input(image[tf.newaxis])[0], tf.shape(image)[:2], path
 
 
-def mask_pngs(net, image_paths: Sequence[str], batch_size: int = 64
-              ) -> Iterator[tuple[str, bytes]]:
+def mask_pngs(net, image_paths: Sequence[str], batch_size: int = 64,
+              parallel_reads: Optional[int] = None) -> Iterator[tuple[str, bytes]]:
     """(image path, PNG bytes of its 0/255 mask at the crop's size) for every decodable image.
 
     Files are read and decoded by tf.data (in parallel with the network),
     the network runs on batches of `batch_size`, each batch's logits are
     resized to their crops and encoded in the graph. Images that cannot be
     decoded are left out (the caller finds them missing); order is kept.
+    `parallel_reads`: decoding threads (None: tf.data's autotuning).
     """
     import tensorflow as tf
     from mgcam_tf.segmentation.graph_recipe import binary_mask
@@ -198,7 +188,7 @@ def mask_pngs(net, image_paths: Sequence[str], batch_size: int = 64
         return tf.map_fn(one, (logits, sizes), fn_output_signature=tf.string)
 
     ds = tf.data.Dataset.from_tensor_slices([str(p) for p in image_paths])
-    ds = ds.map(_decode_for_network, num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.map(_decode_for_network, num_parallel_calls=parallel_reads or tf.data.AUTOTUNE,
                 deterministic=True).ignore_errors()
     ds = ds.batch(batch_size).prefetch(2)
     for inputs, sizes, paths in ds:
@@ -231,4 +221,4 @@ class DistilledSegmenter:
 
 __all__ = ["INPUT_SIZE", "WEIGHTS_FILE", "PROVENANCE_FILE", "build_mask_net", "load_mask_net",
            "shipped_weights_path", "provenance", "network_input", "logits_to_size",
-           "decode_crop", "crop_masks", "mask_pngs", "DistilledSegmenter"]
+           "crop_masks", "mask_pngs", "DistilledSegmenter"]

@@ -198,22 +198,9 @@ def _check_image_batch(tensor: tf.Tensor, name: str) -> tf.Tensor:
         return tf.identity(tensor)
 
 
-def _decode_for_mask(data: tf.Tensor, pixels: tf.Tensor) -> tf.Tensor:
-    """The pixels the mask recipe sees: JPEG decoded again with libjpeg's
-    accurate integer IDCT (the recipe's decoder; TF's default fast IDCT,
-    which `decode_image` uses for the embedding as `serving_bytes` does,
-    changes about 1 % of the mask pixels), other formats as decoded."""
-    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
-    return tf.cond(is_jpeg,
-                   lambda: tf.ensure_shape(tf.io.decode_jpeg(
-                       data, channels=3, dct_method="INTEGER_ACCURATE"), [None, None, 3]),
-                   lambda: pixels)
-
-
 def _image_only_functions(model: Any, segmenter: Any) -> dict:
-    """The signatures that make the mask in the graph (module doc)."""
-    from mgcam_tf.segmentation import graph_recipe
-
+    """The signatures that make the mask in the graph (module doc); `segmenter`
+    is a `mgcam_tf.segmentation.graph_masks` mask maker."""
     def finish(image, mask, details, extra):
         outputs = _network_outputs(model, preprocess(image, mask)["rgbm"])
         if not details:
@@ -225,7 +212,7 @@ def _image_only_functions(model: Any, segmenter: Any) -> dict:
             tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_IMAGE)])
         def serve_image(image):
             image = _check_image_batch(image, INPUT_IMAGE)
-            mask = graph_recipe.crop_masks(segmenter, image)
+            mask = segmenter.crop_masks(image)
             return finish(image, mask, details, {OUTPUT_MASK: mask})
         return serve_image
 
@@ -241,24 +228,21 @@ def _image_only_functions(model: Any, segmenter: Any) -> dict:
                 image_bytes = tf.identity(image_bytes)
 
             def prepare(data):
-                # Files differ in size: each is letterboxed on its own, then
-                # the network runs once on the batch of 256x256 canvases.
+                # Files differ in size: each is brought to the segmenter's
+                # input size on its own, then its network runs once on the batch.
                 pixels = decode_image(data)
-                canvas, geometry = graph_recipe.letterbox_canvas(
-                    _decode_for_mask(data, pixels)[tf.newaxis])
-                size = tf.shape(pixels)[:2]
-                return canvas[0], resize_to_input(pixels), tf.concat([size, tf.stack(geometry)], 0)
+                canvas, geometry = segmenter.network_input(data, pixels)
+                return canvas, resize_to_input(pixels), geometry
 
             canvas, image, geometry = tf.map_fn(prepare, image_bytes, fn_output_signature=(
-                tf.TensorSpec([graph_recipe.INPUT_SIZE, graph_recipe.INPUT_SIZE, 3], tf.float32),
+                segmenter.input_spec,
                 tf.TensorSpec([IMAGE_HEIGHT, IMAGE_WIDTH, 3], tf.uint8),
                 tf.TensorSpec([6], tf.int32)))
-            logits = segmenter(canvas)
+            logits = segmenter.network(canvas)
 
             def crop_mask(args):
                 one, g = args
-                mask = graph_recipe.binary_mask(graph_recipe.logits_to_crop(
-                    one[tf.newaxis], (g[2], g[3], g[4], g[5]), g[0], g[1]))[0]
+                mask = segmenter.mask_of(one, g)
                 png = tf.io.encode_png(mask) if details else tf.constant(b"")
                 return resize_to_input(mask), png
 
@@ -285,8 +269,7 @@ def serving_functions(model: Any, segmenter: Any = None
 
     Args:
       model: a built `mgcam_tf.modeling.models.MGCAM` (or `MSCANBody`).
-      segmenter: a `mgcam_tf.segmentation.blazepose_graph.SegmentationNetwork`
-        to add the image-only signatures (`MASK_IN_GRAPH_SIGNATURES`); None:
+      segmenter: a `mgcam_tf.segmentation.graph_masks` mask maker to add the image-only signatures (`MASK_IN_GRAPH_SIGNATURES`); None:
         the three mask-taking ones only.
 
     Returns:
@@ -415,7 +398,8 @@ def remove_stale_exports(export_base: os.PathLike) -> list[pathlib.Path]:
 
 def export_saved_model(model: Any, export_base: os.PathLike, version: Optional[int] = None,
                        *, metadata: Optional[dict] = None,
-                       mask_model_path: Optional[os.PathLike] = None) -> pathlib.Path:
+                       mask_model_path: Optional[os.PathLike] = None,
+                       segmenter: Optional[str] = None) -> pathlib.Path:
     """Writes `model`'s signatures to `export_base/VERSION/`, complete or not at all.
 
     The SavedModel is written to a hidden temporary folder beside the version
@@ -431,6 +415,10 @@ def export_saved_model(model: Any, export_base: os.PathLike, version: Optional[i
         (`mgcam_tf.segmentation.model_file.resolve_model_path`): its
         segmentation network goes into the graph, with the image-only
         signatures. None: the mask-taking signatures only.
+      segmenter: which network makes those masks
+        (`mgcam_tf.segmentation.choice`): "blazepose" (`mask_model_path`
+        the .tflite) or "distilled" (`mask_model_path` its weights file);
+        None: `choice.default_segmenter()`.
 
     Returns:
       The version folder.
@@ -453,22 +441,20 @@ def export_saved_model(model: Any, export_base: os.PathLike, version: Optional[i
     except OSError as err:
         raise ConfigError(f"{export_base}: cannot create the export folder ({err.strerror})") \
             from None
-    segmenter = None
+    masks = None
     mask_info = {}
     if mask_model_path is not None:
-        from mgcam_tf.segmentation import blazepose_graph, model_file
+        from mgcam_tf.segmentation import graph_masks
 
-        segmenter = blazepose_graph.SegmentationNetwork(mask_model_path)
-        mask_info = {"mask_in_graph": {"model": model_file.MODEL_FILENAME,
-                                       "source": model_file.MEDIAPIPE_REQUIREMENT,
-                                       "sha256": model_file.MODEL_SHA256}}
-    functions = serving_functions(model, segmenter)
+        masks = graph_masks.graph_masks(segmenter, mask_model_path)
+        mask_info = {"mask_in_graph": masks.metadata}
+    functions = serving_functions(model, masks)
     # Only the variables are tracked, not the Keras objects: the SavedModel
     # then loads anywhere without mgcam_tf (or Keras) being importable.
     root = tf.Module(name="mgcam_serving")
     root.model_variables = [getattr(v, "value", v) for v in model.variables]
-    if segmenter is not None:
-        root.mask_variables = list(segmenter.weights.values())
+    if masks is not None:
+        root.mask_variables = masks.variables
     for name, fn in functions.items():
         setattr(root, name, fn)
     info = {
