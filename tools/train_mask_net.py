@@ -35,6 +35,8 @@ flags.DEFINE_float("learning_rate", 3e-3, "Adam's peak learning rate.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_bool("mixed_bfloat16", False, "Train in Keras' mixed_bfloat16 policy (slower than "
                   "float32 on this AVX512_BF16 CPU without AMX: 0.37 against 0.27 CPU s a step).")
+flags.DEFINE_string("init_weights", "", "Continue from these weights (a second run with a "
+                    "fresh schedule); empty: random initialisation.")
 flags.DEFINE_string("output_dir", "", "Where the weights and provenance go; empty: the package.")
 
 
@@ -65,7 +67,8 @@ def main(argv):
     net, run = distillation.train_mask_net(
         train, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
         learning_rate=FLAGS.learning_rate, max_minutes=FLAGS.max_minutes,
-        mixed_bfloat16=FLAGS.mixed_bfloat16, seed=FLAGS.seed)
+        mixed_bfloat16=FLAGS.mixed_bfloat16, seed=FLAGS.seed,
+        init_weights=FLAGS.init_weights or None)
     out = pathlib.Path(FLAGS.output_dir) if FLAGS.output_dir else \
         distilled.shipped_weights_path().parent
     out.mkdir(parents=True, exist_ok=True)
@@ -80,6 +83,13 @@ def main(argv):
         paths = _images(data / split)
         pngs = dict(distilled.mask_pngs(net, paths))
         ious[split] = agreement.ious_of_pngs(pngs, distillation.teacher_pairs(paths), paths)
+    previous = {}
+    if FLAGS.init_weights:
+        try:
+            previous = json.loads((pathlib.Path(FLAGS.init_weights).parent
+                                   / distilled.PROVENANCE_FILE).read_text())
+        except (OSError, ValueError):
+            previous = {"weights": FLAGS.init_weights}
     record = {
         "network": "mgcam_tf.segmentation.distilled.build_mask_net()",
         "parameters": int(net.count_params()),
@@ -90,7 +100,8 @@ def main(argv):
                          "its BlazePose masks, mirrored and colour-jittered",
         "command": "nice -n 10 python tools/train_mask_net.py " + " ".join(
             f"--{k}={FLAGS[k].value}" for k in ("epochs", "max_minutes", "batch_size",
-                                                 "learning_rate", "seed", "mixed_bfloat16")),
+                                                 "learning_rate", "seed", "mixed_bfloat16",
+                                                 "init_weights") if FLAGS[k].value != ""),
         "commit": _commit(),
         "training": run,
         "mean_iou_vs_blazepose": {k: round(float(np.mean(v)), 4) for k, v in ious.items()},
@@ -99,6 +110,8 @@ def main(argv):
             v < 0.8 for v in ious["query"] + ious["bounding_box_test"])),
         "agreement_seconds": round(time.monotonic() - start, 1),
     }
+    if previous:
+        record["continued_from"] = previous
     atomic_files.write_text(str(out / distilled.PROVENANCE_FILE),
                             json.dumps(record, indent=2) + "\n")
     print(json.dumps(record))

@@ -80,11 +80,14 @@ def distillation_dataset(image_paths: Sequence[str], mask_paths: Sequence[str], 
 
 def train_mask_net(image_paths: Sequence[str], *, epochs: int, batch_size: int = 32,
                    learning_rate: float = 3e-3, max_minutes: Optional[float] = None,
-                   mixed_bfloat16: bool = False, seed: int = 0, verbose: int = 2):
+                   mixed_bfloat16: bool = False, seed: int = 0, verbose: int = 2,
+                   init_weights: Optional[str] = None):
     """Trains `distilled.build_mask_net()` on the teacher masks of `image_paths`.
 
     Adam with a cosine-decayed learning rate over `epochs`; training stops
     early (after the epoch that crosses it) at `max_minutes` of wall time.
+    `init_weights`: a weights file to continue from (a second run with a
+    fresh schedule), None: random initialisation.
 
     Returns:
       (the trained float32-weight model, {"epochs": run, "loss": [per epoch], "seconds": s}).
@@ -102,6 +105,8 @@ def train_mask_net(image_paths: Sequence[str], *, epochs: int, batch_size: int =
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         net = distilled.build_mask_net()
+        if init_weights:
+            net.set_weights(distilled.load_mask_net(init_weights).get_weights())
     finally:
         keras.mixed_precision.set_global_policy(previous)
     ds = distillation_dataset(image_paths, mask_paths, batch_size=batch_size, augment=True,
