@@ -86,7 +86,7 @@ flags.DEFINE_integer("representative_images", 200, "Images (evenly spread over t
 def _segmenter() -> str:
     from mgcam_tf.segmentation import choice
 
-    return choice.resolve(FLAGS.segmenter)
+    return choice.for_model_file(FLAGS.segmenter, FLAGS.mask_model_path)
 
 
 def _mask_model():

@@ -56,7 +56,7 @@ def main(argv):
     # Imported here so that --help and flag errors answer without loading TF.
     from mgcam_tf.segmentation import choice, writer
 
-    segmenter = choice.resolve(FLAGS.segmenter)
+    segmenter = choice.for_model_file(FLAGS.segmenter, FLAGS.model_path)
     images, mask_paths = writer.mask_jobs(FLAGS.data_dir)
     if images and segmenter == choice.BLAZEPOSE:
         from mgcam_tf.segmentation import model_file

@@ -62,6 +62,26 @@ def resolve(name: Optional[str]) -> str:
     return check_segmenter(name) if name else default_segmenter()
 
 
+def for_model_file(name: Optional[str], model_path: Optional[os.PathLike]) -> str:
+    """The segmenter to run: `name` when given; else the one `model_path` is the
+    model of (an HDF5 weights file: distilled; any other file: BlazePose's
+    .tflite or wheel), so that callers that pass BlazePose's file keep
+    BlazePose whatever the default; else `default_segmenter()`.
+
+    Raises:
+      ConfigError: an unknown name.
+    """
+    if name:
+        return check_segmenter(name)
+    if model_path:
+        try:
+            with open(model_path, "rb") as f:
+                return DISTILLED if f.read(8) == b"\x89HDF\r\n\x1a\n" else BLAZEPOSE
+        except OSError:
+            return BLAZEPOSE    # a missing file is reported by the segmenter's loader
+    return default_segmenter()
+
+
 def crop_segmenter(name: Optional[str], model_path: Optional[os.PathLike] = None,
                    cache_dir: Optional[str] = None) -> Callable[[np.ndarray], np.ndarray]:
     """A one-crop segmenter: uint8 RGB [H, W, 3] -> uint8 mask [H, W] (0 / 255).
@@ -70,11 +90,12 @@ def crop_segmenter(name: Optional[str], model_path: Optional[os.PathLike] = None
       name: one of SEGMENTERS; None: `default_segmenter()`.
       model_path: the segmenter's model file (module doc); None: its default
         (BlazePose: `$MGCAM_MASK_MODEL`, else fetched into `cache_dir`).
+        With `name` None it also picks the segmenter (`for_model_file`).
 
     Raises:
       ConfigError: an unknown name. DataError: the model cannot be had.
     """
-    if resolve(name) == DISTILLED:
+    if for_model_file(name, model_path) == DISTILLED:
         from mgcam_tf.segmentation import distilled
 
         return distilled.DistilledSegmenter(model_path)
@@ -85,4 +106,4 @@ def crop_segmenter(name: Optional[str], model_path: Optional[os.PathLike] = None
 
 
 __all__ = ["BLAZEPOSE", "DISTILLED", "SEGMENTERS", "DEFAULT_SEGMENTER", "SEGMENTER_ENV",
-           "check_segmenter", "default_segmenter", "resolve", "crop_segmenter"]
+           "check_segmenter", "default_segmenter", "resolve", "for_model_file", "crop_segmenter"]

@@ -89,12 +89,13 @@ class DistilledGraphMasks:
 
 
 def graph_masks(segmenter: str | None, model_path: os.PathLike | None):
-    """The mask maker of `segmenter` (`choice.SEGMENTERS`; None: the default) with its model file.
+    """The mask maker of `segmenter` (`choice.SEGMENTERS`; None: `choice.for_model_file`)
+    with its model file.
 
     Raises:
       ConfigError: an unknown segmenter. DataError: an unreadable model file.
     """
-    if choice.resolve(segmenter) == choice.DISTILLED:
+    if choice.for_model_file(segmenter, model_path) == choice.DISTILLED:
         return DistilledGraphMasks(model_path)
     return BlazePoseGraphMasks(model_path)
 

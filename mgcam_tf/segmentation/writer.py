@@ -82,8 +82,8 @@ def write_masks(image_paths: Sequence[str], mask_paths: Sequence[str], *,
       segmenter: `choice.SEGMENTERS`: "blazepose" (BlazePose-full, one
         interpreter per thread) or "distilled" (`distilled`, batches of 64
         through tf.data; `model_path` names its weights, None: the shipped
-        ones; `num_workers` the decoding threads); None:
-        `choice.default_segmenter()`.
+        ones; `num_workers` the decoding threads); None: the one
+        `model_path` is the model of, else the default (`choice.for_model_file`).
 
     Returns:
       How many masks were written (skipped and bad images not counted).
@@ -103,7 +103,7 @@ def write_masks(image_paths: Sequence[str], mask_paths: Sequence[str], *,
         progress(len(image_paths) - len(todo))
     if not todo:
         return 0
-    if choice.resolve(segmenter) == choice.DISTILLED:
+    if choice.for_model_file(segmenter, model_path) == choice.DISTILLED:
         return _write_distilled(todo, model_path, num_workers, progress, on_bad_image)
     model = model_file.resolve_model_path(model_path, cache_dir)
     cores = available_cores()

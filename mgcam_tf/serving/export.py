@@ -418,7 +418,8 @@ def export_saved_model(model: Any, export_base: os.PathLike, version: Optional[i
       segmenter: which network makes those masks
         (`mgcam_tf.segmentation.choice`): "blazepose" (`mask_model_path`
         the .tflite) or "distilled" (`mask_model_path` its weights file);
-        None: `choice.default_segmenter()`.
+        None: the one `mask_model_path` is the model of
+        (`mgcam_tf.segmentation.choice.for_model_file`).
 
     Returns:
       The version folder.

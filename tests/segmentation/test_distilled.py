@@ -128,6 +128,15 @@ def test_segmenter_choice_and_its_environment_variable(monkeypatch):
     assert choice.resolve("") == choice.DEFAULT_SEGMENTER
 
 
+def test_an_unnamed_segmenter_is_the_one_its_model_file_belongs_to(tmp_path):
+    tflite = tmp_path / "pose_landmark_full.tflite"
+    tflite.write_bytes(b"\x1c\x00\x00\x00TFL3")
+    assert choice.for_model_file(None, tflite) == "blazepose"
+    assert choice.for_model_file(None, distilled.shipped_weights_path()) == "distilled"
+    assert choice.for_model_file("distilled", tflite) == "distilled"
+    assert choice.for_model_file(None, None) == choice.default_segmenter()
+
+
 def test_user_images_generate_masks_with_the_named_segmenter(shared_data, tmp_path):
     from mgcam_tf.retrieval import user_images
 
