@@ -23,8 +23,12 @@ from mgcam_tf.segmentation import segmenter as blazepose_segmenter
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-# The quality bar of issue 25: mean mask IoU against BlazePose-full's masks.
+# The quality bar of issue 25 for a default segmenter: mean mask IoU against
+# BlazePose-full's masks on the dev split.
 IOU_BAR = 0.90
+# What the shipped weights reach (0.889, docs/PERFORMANCE.md "Cheaper masks"):
+# below the bar, so the distilled network is an option, not the default.
+SHIPPED_IOU_FLOOR = 0.88
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +84,12 @@ def test_dev_split_agreement_with_blazepose_masks(net, shared_data):
           f"mean IoU {mean:.4f}, median {np.median(ious):.4f}, min {min(ious):.4f}")
     assert len(ious) == 975
     assert mean == pytest.approx(distilled.provenance()["mean_iou_dev"], abs=2e-3)
-    assert mean >= IOU_BAR
+    assert mean >= SHIPPED_IOU_FLOOR
+
+
+def test_the_default_segmenter_is_distilled_only_if_it_meets_the_bar():
+    meets = distilled.provenance()["mean_iou_dev"] >= IOU_BAR
+    assert choice.DEFAULT_SEGMENTER == ("distilled" if meets else "blazepose")
 
 
 def test_one_crop_segmenter_writer_and_graph_agree(net, shared_data, tmp_path):
@@ -210,5 +219,8 @@ def test_exported_preset_image_only_retrieval_with_distilled_masks(shared_data, 
     print(f"\npreset mgcam_siamese_cuhk03, dev split: BlazePose masks rank-1 "
           f"{100 * blaze.cmc[0]:.2f} mAP {100 * blaze.mAP:.2f}; distilled in-graph rank-1 "
           f"{100 * ours.cmc[0]:.2f} mAP {100 * ours.mAP:.2f}")
-    assert abs(ours.cmc[0] - blaze.cmc[0]) <= 0.01
+    # Measured: rank-1 2 points (4 of 200 queries) below, mAP within 1 point
+    # (docs/RESULTS.md, "Masks from the distilled network"); issue 25's bar for
+    # a default is 1 point on both, hence BlazePose stays the default.
+    assert abs(ours.cmc[0] - blaze.cmc[0]) <= 0.025
     assert abs(ours.mAP - blaze.mAP) <= 0.01
