@@ -31,7 +31,9 @@ setup(
     # The shipped models (mgcam_tf/presets/<NAME>/: preset.json, config.json,
     # checkpoints/) are data, not modules: without this a wheel or a plain
     # `pip install .` holds the preset code but none of its files.
-    package_data={"mgcam_tf.presets": ["*/preset.json", "*/config.json", "*/checkpoints/*"]},
+    # The distilled mask network's weights and provenance likewise.
+    package_data={"mgcam_tf.presets": ["*/preset.json", "*/config.json", "*/checkpoints/*"],
+                  "mgcam_tf.segmentation": ["*.weights.h5", "*.json"]},
     install_requires=[
         "keras>=3.15,<3.16",
         "numpy>=1.26,<3",

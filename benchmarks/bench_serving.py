@@ -19,7 +19,12 @@ batch-1 calls of the signature, median and 95th percentile.
 
 When `pose_landmark_full.tflite` is available (--mask_in_graph=auto), the
 export also holds the image-only signatures; `serving_image` is timed on
-uint8 crops of --image_size (batch --image_batch_size, and batch 1).
+uint8 crops of --image_size (batch --image_batch_size, and batch 1). A second
+export of the same model with the distilled mask network
+(`--segmenter=distilled`, mgcam_tf/segmentation/distilled.py) is timed the
+same way (keys `image_only_distilled_*`), and `serving_default` at
+--image_batch_size beside both (`given_mask_images_per_s_at_image_batch`):
+the ratios image-only / given-mask are `image_only*_ratio`.
 
 The last line is one JSON object: savedmodel_images_per_s,
 keras_images_per_s, latency_p50_ms, latency_p95_ms (plus a few more).
@@ -58,7 +63,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency_calls", type=int, default=50)
     parser.add_argument("--num_ids", type=int, default=751)
-    parser.add_argument("--image_batch_size", type=int, default=32,
+    parser.add_argument("--image_batch_size", type=int, default=64,
                         help="batch of the image-only signature (it runs BlazePose too)")
     parser.add_argument("--image_size", default="128x64",
                         help="HxW of the crops fed to serving_image (Market-1501: 128x64)")
@@ -142,14 +147,13 @@ def main() -> None:
             t0 = time.perf_counter()
             serving(image=one_image, mask=one_mask)["embedding"].numpy()
             latencies.append(time.perf_counter() - t0)
-        image_only = None
-        if mask_model is not None:
-            # The image alone at the crops' own size: letterbox, BlazePose,
-            # mask, preprocessing and the embedding, all in the graph.
-            h, w = (int(v) for v in args.image_size.split("x"))
-            crops = tf.constant(rng.integers(0, 256, (args.image_batch_size, h, w, 3),
-                                             dtype=np.uint8))
-            fn = loaded.signatures[export.SIGNATURE_IMAGE]
+        h, w = (int(v) for v in args.image_size.split("x"))
+        crops = tf.constant(rng.integers(0, 256, (args.image_batch_size, h, w, 3),
+                                         dtype=np.uint8))
+
+        def time_image_only(fn):
+            # The image alone at the crops' own size: segmenter, mask,
+            # preprocessing and the embedding, all in the graph.
             fn(image=crops)
             io_times, io_lat = [], []
             for _ in range(args.repeats):
@@ -161,9 +165,30 @@ def main() -> None:
                 t0 = time.perf_counter()
                 fn(image=crops[:1])["embedding"].numpy()
                 io_lat.append(time.perf_counter() - t0)
-            image_only = {"images_per_s": args.image_batch_size / float(np.median(io_times)),
-                          "p50_ms": float(np.percentile(io_lat, 50)) * 1000,
-                          "p95_ms": float(np.percentile(io_lat, 95)) * 1000}
+            return {"images_per_s": args.image_batch_size / float(np.median(io_times)),
+                    "p50_ms": float(np.percentile(io_lat, 50)) * 1000,
+                    "p95_ms": float(np.percentile(io_lat, 95)) * 1000}
+
+        image_only = distilled = None
+        if mask_model is not None:
+            image_only = time_image_only(loaded.signatures[export.SIGNATURE_IMAGE])
+        if args.mask_in_graph == "auto":
+            from mgcam_tf.segmentation import distilled as distilled_net
+
+            distilled_dir = export.export_saved_model(
+                model, tmp, mask_model_path=distilled_net.shipped_weights_path(),
+                segmenter="distilled")
+            distilled = time_image_only(
+                tf.saved_model.load(str(distilled_dir)).signatures[export.SIGNATURE_IMAGE])
+        # The given-mask signature at the image-only batch, for the ratios.
+        small_image, small_mask = tf.constant(image[:args.image_batch_size]), \
+            tf.constant(mask[:args.image_batch_size])
+        small_times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            serving(image=small_image, mask=small_mask)["embedding"].numpy()
+            small_times.append(time.perf_counter() - t0)
+        small_ips = args.image_batch_size / float(np.median(small_times))
 
     sm_ips = n / float(np.median(sm_times))
     keras_ips = n / float(np.median(keras_times))
@@ -186,10 +211,20 @@ def main() -> None:
               f"batch 1 latency median {image_only['p50_ms']:.1f} ms, p95 "
               f"{image_only['p95_ms']:.1f} ms  (beside serving_default with a mask: "
               f"{sm_ips:.1f} images/s, {p50:.1f} ms)")
-    extra = {} if image_only is None else {
-        "image_only_images_per_s": round(image_only["images_per_s"], 1),
-        "image_only_latency_p50_ms": round(image_only["p50_ms"], 2),
-        "image_only_latency_p95_ms": round(image_only["p95_ms"], 2)}
+    if distilled is not None:
+        print(f"image-only serving_image, distilled mask network: batch "
+              f"{args.image_batch_size} {distilled['images_per_s']:.1f} images/s "
+              f"(x{distilled['images_per_s'] / small_ips:.2f} of serving_default with a mask "
+              f"at that batch, {small_ips:.1f} images/s); batch 1 latency median "
+              f"{distilled['p50_ms']:.1f} ms, p95 {distilled['p95_ms']:.1f} ms")
+    extra = {"given_mask_images_per_s_at_image_batch": round(small_ips, 1),
+             "image_batch_size": args.image_batch_size}
+    for key, timing in (("image_only", image_only), ("image_only_distilled", distilled)):
+        if timing is not None:
+            extra.update({f"{key}_images_per_s": round(timing["images_per_s"], 1),
+                          f"{key}_ratio": round(timing["images_per_s"] / small_ips, 3),
+                          f"{key}_latency_p50_ms": round(timing["p50_ms"], 2),
+                          f"{key}_latency_p95_ms": round(timing["p95_ms"], 2)})
     print(json.dumps({**extra,
         "savedmodel_images_per_s": round(sm_ips, 1), "keras_images_per_s": round(keras_ips, 1),
         "keras_embed_images_per_s": round(embed_ips, 1),

@@ -69,7 +69,12 @@ flags.DEFINE_enum("mask_in_graph", "auto", ["auto", "true", "false"],
                   "$MGCAM_MASK_MODEL, the cache, or fetched with pip), true = required, "
                   "false = leave it out (the mask-taking signatures only).")
 flags.DEFINE_string("mask_model_path", "", "pose_landmark_full.tflite or the mediapipe "
-                    "0.10.21 wheel (default: $MGCAM_MASK_MODEL, else the cache, else fetched).")
+                    "0.10.21 wheel (default: $MGCAM_MASK_MODEL, else the cache, else fetched); "
+                    "with --segmenter=distilled its weights file (default: the shipped one).")
+flags.DEFINE_string("segmenter", "", "Which network makes the image-only signatures' masks: "
+                    "blazepose (BlazePose-full, the masks of SPEC section 8) or distilled (the "
+                    "small network trained on its masks, mgcam_tf/segmentation/distilled.py); "
+                    "empty: $MGCAM_SEGMENTER, else mgcam_tf.segmentation.choice.DEFAULT_SEGMENTER.")
 # Strings checked in main (mgcam_tf.serving.tflite.check_*), not enums: a bad
 # value then ends in the one-line `error: ...` of every other mistake.
 flags.DEFINE_string("format", "saved_model", "What to write: saved_model (TF Serving, "
@@ -88,6 +93,12 @@ flags.DEFINE_integer("representative_images", 200, "Images (evenly spread over t
                      "that calibrate int8.")
 
 
+def _segmenter() -> str:
+    from mgcam_tf.segmentation import choice
+
+    return choice.for_model_file(FLAGS.segmenter, FLAGS.mask_model_path)
+
+
 def _mask_model():
     """The checked mask model file for --mask_in_graph, or None (left out)."""
     from mgcam_tf.errors import DataError
@@ -95,6 +106,10 @@ def _mask_model():
 
     if FLAGS.mask_in_graph == "false":
         return None
+    if _segmenter() == "distilled":
+        from mgcam_tf.segmentation import distilled
+
+        return FLAGS.mask_model_path or distilled.shipped_weights_path()
     try:
         return model_file.resolve_model_path(FLAGS.mask_model_path or None)
     except DataError as err:
@@ -217,7 +232,8 @@ def main(argv):
               if FLAGS[name].value is not None}
     limits = ServingLimits(**bounds)
     target = export.export_saved_model(model, FLAGS.export_dir, FLAGS.version, metadata=metadata,
-                                       mask_model_path=_mask_model(), limits=limits)
+                                       mask_model_path=_mask_model(), segmenter=_segmenter(),
+                                       limits=limits)
     print(f"exported {FLAGS.preset or model_dir} to {target}")
     for name, sig in export.read_metadata(target)["signatures"].items():
         ins = ", ".join(f"{k} {d}{s}" for k, (d, s) in sig["inputs"].items())

@@ -91,7 +91,7 @@ def generated_mask_path(image_path: str, cache_dir: str) -> str:
 
 
 def _write_generated(images: Sequence[str], targets: Sequence[str],
-                     segmenter: Optional[Segmenter], model_path: Optional[str]) -> None:
+                     segmenter: Optional[Segmenter | str], model_path: Optional[str]) -> None:
     # TFLite segmenter, only when masks are made
     from mgcam_tf.segmentation import segmenter as segmentation_model
     from mgcam_tf.segmentation import writer
@@ -101,9 +101,10 @@ def _write_generated(images: Sequence[str], targets: Sequence[str],
     if not todo:
         return
     images, targets = zip(*todo)
-    if segmenter is None:
-        # Threads with one interpreter each; existing files are skipped.
-        writer.write_masks(list(images), list(targets), model_path=model_path)
+    if segmenter is None or isinstance(segmenter, str):
+        # Batched or threaded by the segmenter; existing files are skipped.
+        writer.write_masks(list(images), list(targets), model_path=model_path,
+                           segmenter=segmenter)
         return
     for image_path, target in zip(images, targets):
         if os.path.exists(target):
@@ -140,7 +141,8 @@ def check_mask_size(image_path: str, mask_path: str, name: str) -> None:
 
 def resolve_masks(image_paths: Sequence[str], policy: str = "auto", *,
                   given: Optional[Sequence[Optional[str]]] = None,
-                  cache_dir: Optional[str] = None, segmenter: Optional[Segmenter] = None,
+                  cache_dir: Optional[str] = None,
+                  segmenter: Optional[Segmenter | str] = None,
                   model_path: Optional[str] = None,
                   in_graph: bool = False) -> list[Optional[str]]:
     """The mask file of each image (None: no mask, use an all-255 one).
@@ -155,8 +157,11 @@ def resolve_masks(image_paths: Sequence[str], policy: str = "auto", *,
         they win over every policy.
       cache_dir: where generated masks are written (created); needed when a
         mask is to be generated.
-      segmenter: makes a mask from an image; None: `mgcam_tf.segmentation`'
-        BlazePose model (`model_path`, else $MGCAM_MASK_MODEL, else fetched).
+      segmenter: makes a mask from an image; or the name of one of
+        `mgcam_tf.segmentation.choice.SEGMENTERS` ("blazepose": BlazePose's
+        model, `model_path`, else $MGCAM_MASK_MODEL, else fetched;
+        "distilled": the small network, `model_path` its weights); None:
+        `choice.default_segmenter()` ($MGCAM_SEGMENTER, else the default).
 
     Raises:
       ConfigError: unknown policy, or generation needed without cache_dir.

@@ -11,8 +11,9 @@ import numpy as np
 from mgcam_tf.conventions import IMAGE_EXTENSIONS, MASK_SUFFIX, is_image_file
 from mgcam_tf.errors import ConfigError, DataError
 from mgcam_tf import atomic_files
+from mgcam_tf.segmentation import choice
 from mgcam_tf.segmentation import model_file
-from mgcam_tf.segmentation import segmenter
+from mgcam_tf.segmentation import segmenter as blazepose_segmenter
 
 # Split folders of the layouts SPEC §7 knows: the `_seg` suffix goes on these
 # even when images sit deeper (MARS `bbox_train/0001/`, `train/<id>/`).
@@ -57,7 +58,8 @@ def write_masks(image_paths: Sequence[str], mask_paths: Sequence[str], *,
                 model_path: str | None = None, num_workers: int | None = None,
                 progress: Callable[[int], None] | None = None,
                 on_bad_image: Callable[[str, DataError], None] | None = None,
-                cache_dir: str | None = None) -> int:
+                cache_dir: str | None = None,
+                segmenter: str | None = None) -> int:
     """Writes the body mask of `image_paths[i]` to `mask_paths[i]` (PNG, 0/255).
 
     Masks that already exist are skipped, so a killed run resumes where it
@@ -77,6 +79,11 @@ def write_masks(image_paths: Sequence[str], mask_paths: Sequence[str], *,
         cannot be decoded, which is then skipped; None: such an image
         raises its DataError.
       cache_dir: model cache folder for `fetch_model`.
+      segmenter: `choice.SEGMENTERS`: "blazepose" (BlazePose-full, one
+        interpreter per thread) or "distilled" (`distilled`, batches of 64
+        through tf.data; `model_path` names its weights, None: the shipped
+        ones; `num_workers` the decoding threads); None: the one
+        `model_path` is the model of, else the default (`choice.for_model_file`).
 
     Returns:
       How many masks were written (skipped and bad images not counted).
@@ -96,6 +103,8 @@ def write_masks(image_paths: Sequence[str], mask_paths: Sequence[str], *,
         progress(len(image_paths) - len(todo))
     if not todo:
         return 0
+    if choice.for_model_file(segmenter, model_path) == choice.DISTILLED:
+        return _write_distilled(todo, model_path, num_workers, progress, on_bad_image)
     model = model_file.resolve_model_path(model_path, cache_dir)
     cores = available_cores()
     workers = max(1, min(num_workers or cores, len(todo)))
@@ -111,7 +120,7 @@ def write_masks(image_paths: Sequence[str], mask_paths: Sequence[str], *,
 
     def work() -> None:
         try:
-            segment = segmenter.BodySegmenter(model, num_threads=threads_each)
+            segment = blazepose_segmenter.BodySegmenter(model, num_threads=threads_each)
             while not stop.is_set():
                 with lock:
                     item = next(next_item, None)
@@ -119,7 +128,7 @@ def write_masks(image_paths: Sequence[str], mask_paths: Sequence[str], *,
                     break
                 image_path, mask_path = item
                 try:
-                    image = segmenter.decode_image(image_path)
+                    image = blazepose_segmenter.decode_image(image_path)
                 except DataError as err:
                     if on_bad_image is None:
                         raise
@@ -169,6 +178,49 @@ def write_masks(image_paths: Sequence[str], mask_paths: Sequence[str], *,
             t.join()
     if first_error is not None:
         raise first_error
+    return written
+
+
+def _write_distilled(todo: list[tuple[str, str]], weights_path: str | None,
+                     num_workers: int | None, progress: Callable[[int], None] | None,
+                     on_bad_image: Callable[[str, DataError], None] | None) -> int:
+    """`write_masks` with the distilled network: tf.data decodes (`num_workers`
+    threads, default all cores) while the network runs on batches; images
+    tf.data could not decode are decoded again here for their error."""
+    from mgcam_tf.segmentation import distilled
+
+    net = distilled.load_mask_net(weights_path)
+    targets: dict[str, list[str]] = {}
+    for image_path, mask_path in todo:
+        targets.setdefault(image_path, []).append(mask_path)
+    made_dirs: set[str] = set()
+    written = pending = 0
+    for image_path, png in distilled.mask_pngs(net, list(targets),
+                                               parallel_reads=num_workers or None):
+        for mask_path in targets.pop(image_path):
+            _write_mask(mask_path, png, made_dirs)
+            written += 1
+            pending += 1
+        if progress is not None and pending >= 64:
+            progress(pending)
+            pending = 0
+    for image_path, mask_paths in targets.items():
+        try:
+            image = blazepose_segmenter.decode_image(image_path)
+        except DataError as err:
+            if on_bad_image is None:
+                raise
+            on_bad_image(image_path, err)
+            pending += len(mask_paths)
+            continue
+        # Decodable here but not by tf.data's decoder (e.g. a GIF): one at a time.
+        png = encode_png(distilled.DistilledSegmenter(weights_path)(image))
+        for mask_path in mask_paths:
+            _write_mask(mask_path, png, made_dirs)
+            written += 1
+            pending += 1
+    if progress is not None and pending:
+        progress(pending)
     return written
 
 

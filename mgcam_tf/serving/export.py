@@ -122,7 +122,8 @@ def remove_stale_exports(export_base: os.PathLike) -> list[pathlib.Path]:
 def export_saved_model(model: Any, export_base: os.PathLike, version: Optional[int] = None,
                        *, metadata: Optional[dict] = None,
                        mask_model_path: Optional[os.PathLike] = None,
-                       limits: Optional[ServingLimits] = None) -> pathlib.Path:
+                       limits: Optional[ServingLimits] = None,
+                       segmenter: Optional[str] = None) -> pathlib.Path:
     """Writes `model`'s signatures to `export_base/VERSION/`, complete or not at all.
 
     The SavedModel is written to a hidden temporary folder beside the version
@@ -140,6 +141,11 @@ def export_saved_model(model: Any, export_base: os.PathLike, version: Optional[i
         signatures. None: the mask-taking signatures only.
       limits: the bounds on one request (`mgcam_tf.serving.limits`), recorded
         in the metadata's `limits`; None: the defaults.
+      segmenter: which network makes those masks
+        (`mgcam_tf.segmentation.choice`): "blazepose" (`mask_model_path`
+        the .tflite) or "distilled" (`mask_model_path` its weights file);
+        None: the one `mask_model_path` is the model of
+        (`mgcam_tf.segmentation.choice.for_model_file`).
 
     Returns:
       The version folder.
@@ -162,23 +168,21 @@ def export_saved_model(model: Any, export_base: os.PathLike, version: Optional[i
     except OSError as err:
         raise ConfigError(f"{export_base}: cannot create the export folder ({err.strerror})") \
             from None
-    segmenter = None
+    masks = None
     mask_info = {}
     if mask_model_path is not None:
-        from mgcam_tf.segmentation import blazepose_graph, model_file
+        from mgcam_tf.segmentation import graph_masks
 
-        segmenter = blazepose_graph.SegmentationNetwork(mask_model_path)
-        mask_info = {"mask_in_graph": {"model": model_file.MODEL_FILENAME,
-                                       "source": model_file.MEDIAPIPE_REQUIREMENT,
-                                       "sha256": model_file.MODEL_SHA256}}
+        masks = graph_masks.graph_masks(segmenter, mask_model_path)
+        mask_info = {"mask_in_graph": masks.metadata}
     limits = limits or ServingLimits()
-    functions = serving_functions(model, segmenter, limits)
+    functions = serving_functions(model, masks, limits)
     # Only the variables are tracked, not the Keras objects: the SavedModel
     # then loads anywhere without mgcam_tf (or Keras) being importable.
     root = tf.Module(name="mgcam_serving")
     root.model_variables = [getattr(v, "value", v) for v in model.variables]
-    if segmenter is not None:
-        root.mask_variables = list(segmenter.weights.values())
+    if masks is not None:
+        root.mask_variables = masks.variables
     for name, fn in functions.items():
         setattr(root, name, fn)
     info = {

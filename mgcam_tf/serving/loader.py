@@ -207,6 +207,8 @@ class SavedModelEmbedder:
         Raises:
           DataError: a file that cannot be read or decoded (named).
         """
+        import tensorflow as tf
+
         from mgcam_tf.data import pipeline
 
         n = len(image_paths)

@@ -191,18 +191,6 @@ def _check_image_batch(tensor: tf.Tensor, name: str, limits: ServingLimits) -> t
         return tf.identity(tensor)
 
 
-def _decode_for_mask(data: tf.Tensor, pixels: tf.Tensor) -> tf.Tensor:
-    """The pixels the mask recipe sees: JPEG decoded again with libjpeg's
-    accurate integer IDCT (the recipe's decoder; TF's default fast IDCT,
-    which `decode_image` uses for the embedding as `serving_bytes` does,
-    changes about 1 % of the mask pixels), other formats as decoded."""
-    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
-    return tf.cond(is_jpeg,
-                   lambda: tf.ensure_shape(tf.io.decode_jpeg(
-                       data, channels=3, dct_method="INTEGER_ACCURATE"), [None, None, 3]),
-                   lambda: pixels)
-
-
 # Canvases the segmentation network sees at once. Measured on 2 CPU cores
 # (benchmarks/bench_serving.py --hostile): 256 crops through serving_image_bytes
 # in one network call took 3.8 GB above the loaded model; in chunks of 16 the
@@ -211,7 +199,7 @@ SEGMENTER_CHUNK = 16
 
 
 def _in_chunks(network: Any, canvas: tf.Tensor, chunk: int = SEGMENTER_CHUNK) -> tf.Tensor:
-    """network(canvas) for float32 [N, 256, 256, 3], `chunk` canvases at a time, in turn."""
+    """network(canvas) for the segmenter's inputs [N, ...], `chunk` at a time, in turn."""
     n = tf.shape(canvas)[0]
     starts = tf.range(0, n, chunk)
 
@@ -233,11 +221,10 @@ def _in_chunks(network: Any, canvas: tf.Tensor, chunk: int = SEGMENTER_CHUNK) ->
 
 
 def _image_only_functions(model: Any, segmenter: Any, limits: ServingLimits) -> dict:
-    """The signatures that make the mask in the graph (module doc)."""
-    from mgcam_tf.segmentation import graph_recipe
-
+    """The signatures that make the mask in the graph (module doc); `segmenter` is a
+    `mgcam_tf.segmentation.graph_masks` mask maker (BlazePose-full or the distilled network)."""
     def segment(canvas):
-        return _in_chunks(segmenter, canvas)
+        return _in_chunks(segmenter.network, canvas)
 
     def finish(image, mask, details, extra):
         outputs = _network_outputs(model, preprocess(image, mask)["rgbm"])
@@ -250,7 +237,7 @@ def _image_only_functions(model: Any, segmenter: Any, limits: ServingLimits) -> 
             tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_IMAGE)])
         def serve_image(image):
             image = _check_image_batch(image, INPUT_IMAGE, limits)
-            mask = graph_recipe.crop_masks(segment, image)
+            mask = segmenter.crop_masks(image, network=segment)
             return finish(image, mask, details, {OUTPUT_MASK: mask})
         return serve_image
 
@@ -261,24 +248,21 @@ def _image_only_functions(model: Any, segmenter: Any, limits: ServingLimits) -> 
                                                allow_empty=False)
 
             def prepare(data):
-                # Files differ in size: each is letterboxed on its own, then
-                # the network runs once on the batch of 256x256 canvases.
+                # Files differ in size: each is brought to the segmenter's
+                # input size on its own, then its network runs on the batch.
                 pixels = decode_image(data)
-                canvas, geometry = graph_recipe.letterbox_canvas(
-                    _decode_for_mask(data, pixels)[tf.newaxis])
-                size = tf.shape(pixels)[:2]
-                return canvas[0], resize_to_input(pixels), tf.concat([size, tf.stack(geometry)], 0)
+                canvas, geometry = segmenter.network_input(data, pixels)
+                return canvas, resize_to_input(pixels), geometry
 
             canvas, image, geometry = tf.map_fn(prepare, image_bytes, fn_output_signature=(
-                tf.TensorSpec([graph_recipe.INPUT_SIZE, graph_recipe.INPUT_SIZE, 3], tf.float32),
+                segmenter.input_spec,
                 tf.TensorSpec([IMAGE_HEIGHT, IMAGE_WIDTH, 3], tf.uint8),
                 tf.TensorSpec([6], tf.int32)))
             logits = segment(canvas)
 
             def crop_mask(args):
                 one, g = args
-                mask = graph_recipe.binary_mask(graph_recipe.logits_to_crop(
-                    one[tf.newaxis], (g[2], g[3], g[4], g[5]), g[0], g[1]))[0]
+                mask = segmenter.mask_of(one, g)
                 png = tf.io.encode_png(mask) if details else tf.constant(b"")
                 return resize_to_input(mask), png
 
@@ -306,7 +290,7 @@ def serving_functions(model: Any, segmenter: Any = None,
 
     Args:
       model: a built `mgcam_tf.modeling.models.MGCAM` (or `MSCANBody`).
-      segmenter: a `mgcam_tf.segmentation.blazepose_graph.SegmentationNetwork`
+      segmenter: a `mgcam_tf.segmentation.graph_masks` mask maker
         to add the image-only signatures (`MASK_IN_GRAPH_SIGNATURES`); None:
         the three mask-taking ones only.
       limits: the bounds on one request (None: `ServingLimits()`'s defaults).
