@@ -1,4 +1,4 @@
-"""Stand-ins for `tensorflow_model_server`, which cannot be installed here (SPEC §9).
+"""Stand-ins for `tensorflow_model_server`, which cannot be installed here (no network but the package registries).
 
 `SignatureRunner` does what TF Serving does with a SavedModel: loads it with
 the TF1 loader (tag `serve`), reads the SignatureDefs, and runs a signature

@@ -1,4 +1,4 @@
-"""mgcam-eval: single-query CMC and mAP with the official protocols (SPEC §5).
+"""mgcam-eval: single-query CMC and mAP with the official protocols (docs/EVALUATION.md).
 
   mgcam-eval --model_dir=runs/market1501_stage2 --data_dir=/data/Market-1501
   mgcam-eval --saved_model=export/mgcam/1 --data_dir=/data/MARS --metric=xqda+rerank

@@ -72,11 +72,14 @@ flags.DEFINE_string("mask_model_path", "", "pose_landmark_full.tflite or the med
                     "0.10.21 wheel (default: $MGCAM_MASK_MODEL, else the cache, else fetched); "
                     "with --segmenter=distilled its weights file (default: the shipped one).")
 flags.DEFINE_string("segmenter", "", "Which network makes the image-only signatures' masks: "
-                    "blazepose (BlazePose-full, the masks of SPEC section 8) or distilled (the "
+                    "blazepose (BlazePose-full, the masks of the shared data) or distilled (the "
                     "small network trained on its masks, mgcam_tf/segmentation/distilled.py); "
                     "empty: $MGCAM_SEGMENTER, else mgcam_tf.segmentation.choice.DEFAULT_SEGMENTER.")
 # Strings checked in main (mgcam_tf.serving.tflite.check_*), not enums: a bad
 # value then ends in the one-line `error: ...` of every other mistake.
+flags.DEFINE_bool("flip_average", False, "Bake the mirror average into the signatures: each "
+                  "embedding is the mean of the image's and its mirror's (as mgcam-eval "
+                  "--flip_average); recorded in the export's metadata. Off: the paper's feature.")
 flags.DEFINE_string("format", "saved_model", "What to write: saved_model (TF Serving, "
                     "EXPORT_DIR/VERSION/), tflite (EXPORT_DIR/mgcam_rgbm_QUANTIZATION.tflite) "
                     "or onnx (EXPORT_DIR/mgcam_rgbm.onnx; needs tf2onnx). tflite and onnx hold "
@@ -132,8 +135,10 @@ def _calibrate(model):
     names = ["query", "gallery"] if FLAGS.calibration_split == "test" else [FLAGS.calibration_split]
     feats, pids = [], []
     for name in names:
+        # The threshold is calibrated on the features the export will serve.
         out = features.split_features(model, getattr(dataset, name),
-                                      batch_size=FLAGS.batch_size)
+                                      batch_size=FLAGS.batch_size,
+                                      flip_average=FLAGS.flip_average)
         feats.append(out.features)
         pids.append(out.pids)
     return verification.calibrate(
@@ -148,7 +153,7 @@ def _check_format_flags() -> None:
 
     if tflite.check_format(FLAGS.format) == "saved_model":
         return
-    for name in ("calibration_data", "version"):
+    for name in ("calibration_data", "version", "flip_average"):
         if FLAGS[name].present:
             raise ConfigError(f"--{name} applies to --format=saved_model only, "
                               f"not --format={FLAGS.format}")
@@ -233,7 +238,7 @@ def main(argv):
     limits = ServingLimits(**bounds)
     target = export.export_saved_model(model, FLAGS.export_dir, FLAGS.version, metadata=metadata,
                                        mask_model_path=_mask_model(), segmenter=_segmenter(),
-                                       limits=limits)
+                                       limits=limits, flip_average=FLAGS.flip_average)
     print(f"exported {FLAGS.preset or model_dir} to {target}")
     for name, sig in export.read_metadata(target)["signatures"].items():
         ins = ", ".join(f"{k} {d}{s}" for k, (d, s) in sig["inputs"].items())

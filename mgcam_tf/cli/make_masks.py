@@ -8,7 +8,7 @@
 Every image folder `X` gets a mask folder `X_seg` with `NAME.png` (0 =
 background, 255 = body) for `NAME.jpg`; below a split folder the suffix goes
 on the split (MARS: `bbox_train/0001/` -> `bbox_train_seg/0001/`). Masks
-follow SPEC §8 (MediaPipe BlazePose-full), or with --segmenter=distilled
+follow MediaPipe BlazePose-full's recipe (`mgcam_tf/segmentation/graph_recipe.py`), or with --segmenter=distilled
 come from the small network trained on BlazePose's masks
 (mgcam_tf/segmentation/distilled.py; docs/PERFORMANCE.md, "Cheaper masks":
 several times faster, IoU against BlazePose's masks there). Masks already
@@ -36,7 +36,7 @@ flags.DEFINE_string("data_dir", None, "Data set folder: every folder below it th
 flags.DEFINE_string("model_path", "", "pose_landmark_full.tflite, or the mediapipe 0.10.21 "
                     "wheel holding it. Empty: $MGCAM_MASK_MODEL, else fetched into --cache_dir. "
                     "With --segmenter=distilled: its weights file (empty: the shipped one).")
-flags.DEFINE_string("segmenter", "", "blazepose (BlazePose-full, the masks of SPEC section 8) "
+flags.DEFINE_string("segmenter", "", "blazepose (BlazePose-full, the masks of the shared data) "
                     "or distilled (the small network trained on its masks); empty: "
                     "$MGCAM_SEGMENTER, else mgcam_tf.segmentation.choice.DEFAULT_SEGMENTER.")
 flags.DEFINE_string("cache_dir", "", "Where the fetched model is kept (default "

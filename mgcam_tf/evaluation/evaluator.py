@@ -6,7 +6,7 @@ gallery items (`SplitFeatures`), a distance (`distances.METRICS`), then CMC
 and mAP under a protocol (`PROTOCOLS`).
 
 Protocols:
-  "single_query"  the data set's own query/gallery split (SPEC §5).
+  "single_query"  the data set's own query/gallery split (Market-1501's `evaluation.m` rules).
   "all_queries"   every test item (query and gallery together) is in turn the
                   query against the items of the other cameras. On CUHK03
                   pair 1 this makes 975 queries instead of 200: steps of 0.1

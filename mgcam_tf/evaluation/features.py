@@ -1,4 +1,4 @@
-"""Test-time features: h_full of every image, and MARS tracklet pooling (SPEC §2, §5).
+"""Test-time features: h_full of every image, and MARS tracklet pooling (paper Section 4; MARS' own evaluation code pools tracklets).
 
 The library does not print: `extract_features` reports its progress through a
 callback that the command line turns into a progress bar.

@@ -1,4 +1,4 @@
-"""CMC and mAP under the official single-query ReID protocols (SPEC §5).
+"""CMC and mAP under the official single-query ReID protocols (Market-1501's `evaluation.m`; docs/EVALUATION.md).
 
 Rules (Market-1501's MATLAB scorer; also used for DukeMTMC-reID, CUHK03-NP and,
 on tracklet features, MARS):

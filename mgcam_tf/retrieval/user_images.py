@@ -3,7 +3,7 @@
 MGCAM needs a body mask beside every image. Users' images rarely come with
 one, so a mask is looked for where the data sets keep it (`X_seg/NAME.png`
 beside the folder `X` holding `NAME.jpg`) and, when there is none, made
-with the BlazePose segmenter of `mgcam_tf.segmentation` (SPEC §8) into a cache
+with the BlazePose segmenter of `mgcam_tf.segmentation` (BlazePose-full by default) into a cache
 folder (never into the user's folders), where a later run finds it again.
 
 Mask policies:

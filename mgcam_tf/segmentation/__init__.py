@@ -1,4 +1,4 @@
-"""Binary body masks for person crops with MediaPipe BlazePose-full (SPEC §8).
+"""Binary body masks for person crops with MediaPipe BlazePose-full (the recipe is `graph_recipe.py`'s docstring).
 
 MGCAM needs a mask for every image. The authors' FCN is not public, so this
 module follows the recipe the masks in ../shared/data were made with:

@@ -1,4 +1,4 @@
-"""The mask recipe of SPEC §8 in TensorFlow ops, for masks made inside a served graph.
+"""The BlazePose-full mask recipe in TensorFlow ops, for masks made inside a served graph.
 
 The same steps as `segmenter.BodySegmenter`, with the same arithmetic:
 

@@ -1,4 +1,4 @@
-"""BodySegmenter: BlazePose-full's segmentation head on a person crop -> binary mask (SPEC §8).
+"""BodySegmenter: BlazePose-full's segmentation head on a person crop -> binary mask.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def letterbox_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 class BodySegmenter:
-    """Runs BlazePose-full's segmentation head on person crops (SPEC §8).
+    """Runs BlazePose-full's segmentation head on person crops (the recipe of `graph_recipe`).
 
     One instance holds one TFLite interpreter and is not thread-safe: give
     each thread its own.

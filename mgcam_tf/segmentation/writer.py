@@ -15,7 +15,7 @@ from mgcam_tf.segmentation import choice
 from mgcam_tf.segmentation import model_file
 from mgcam_tf.segmentation import segmenter as blazepose_segmenter
 
-# Split folders of the layouts SPEC §7 knows: the `_seg` suffix goes on these
+# Split folders of the layouts `mgcam_tf.data.layouts` reads: the `_seg` suffix goes on these
 # even when images sit deeper (MARS `bbox_train/0001/`, `train/<id>/`).
 SPLIT_FOLDER_NAMES = frozenset({
     "bounding_box_train", "bounding_box_test", "query", "gallery",

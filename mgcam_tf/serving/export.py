@@ -123,7 +123,8 @@ def export_saved_model(model: Any, export_base: os.PathLike, version: Optional[i
                        *, metadata: Optional[dict] = None,
                        mask_model_path: Optional[os.PathLike] = None,
                        limits: Optional[ServingLimits] = None,
-                       segmenter: Optional[str] = None) -> pathlib.Path:
+                       segmenter: Optional[str] = None,
+                       flip_average: bool = False) -> pathlib.Path:
     """Writes `model`'s signatures to `export_base/VERSION/`, complete or not at all.
 
     The SavedModel is written to a hidden temporary folder beside the version
@@ -146,6 +147,9 @@ def export_saved_model(model: Any, export_base: os.PathLike, version: Optional[i
         the .tflite) or "distilled" (`mask_model_path` its weights file);
         None: the one `mask_model_path` is the model of
         (`mgcam_tf.segmentation.choice.for_model_file`).
+      flip_average: bake the mirror average into every signature (each
+        embedding the mean of the image's and its mirror's, as `mgcam-eval
+        --flip_average`); recorded in the metadata's `flip_average`.
 
     Returns:
       The version folder.
@@ -176,7 +180,7 @@ def export_saved_model(model: Any, export_base: os.PathLike, version: Optional[i
         masks = graph_masks.graph_masks(segmenter, mask_model_path)
         mask_info = {"mask_in_graph": masks.metadata}
     limits = limits or ServingLimits()
-    functions = serving_functions(model, masks, limits)
+    functions = serving_functions(model, masks, limits, flip_average=flip_average)
     # Only the variables are tracked, not the Keras objects: the SavedModel
     # then loads anywhere without mgcam_tf (or Keras) being importable.
     root = tf.Module(name="mgcam_serving")
@@ -190,6 +194,7 @@ def export_saved_model(model: Any, export_base: os.PathLike, version: Optional[i
         "version": int(version),
         "signatures": signature_summary(functions),
         "feature": "h_full",
+        "flip_average": bool(flip_average),
         "attention_output": has_attention_output(model),
         "tensorflow_version": tf.__version__,
         "limits": limits.as_dict(),
@@ -306,7 +311,8 @@ def export_model_dir(model_dir: os.PathLike, export_base: os.PathLike,
                      version: Optional[int] = None, *,
                      metadata: Optional[dict] = None,
                      mask_model_path: Optional[os.PathLike] = None,
-                     limits: Optional[ServingLimits] = None) -> pathlib.Path:
+                     limits: Optional[ServingLimits] = None,
+                     flip_average: bool = False) -> pathlib.Path:
     """Exports the latest checkpoint of a training run (see `export_saved_model`).
 
     Raises:
@@ -318,7 +324,8 @@ def export_model_dir(model_dir: os.PathLike, export_base: os.PathLike,
     info = {"model_dir": os.path.abspath(os.fspath(model_dir)),
             "model": run_dir.read_model_config(model_dir), **(metadata or {})}
     return export_saved_model(model, export_base, version, metadata=info,
-                              mask_model_path=mask_model_path, limits=limits)
+                              mask_model_path=mask_model_path, limits=limits,
+                              flip_average=flip_average)
 
 
 def export_fingerprint(version_dir: os.PathLike) -> str:

@@ -229,7 +229,7 @@ class SavedModelEmbedder:
     def embed_image_files(self, image_paths: Sequence[str], *, batch_size: int = 64,
                           progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
         """float32 [N, D] embeddings of image files alone: the export makes each
-        mask (SPEC §8's recipe in the graph, `serving_image_bytes`).
+        mask (the mask recipe in the graph, `serving_image_bytes`).
 
         Raises:
           ConfigError: the export has no mask in its graph (re-export with

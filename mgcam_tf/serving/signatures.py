@@ -18,7 +18,7 @@ An export holds three signatures (or seven, below; method `tensorflow/serving/pr
 
 With the mask model in the graph (`mask_model_path`; mgcam-export's
 default when `pose_landmark_full.tflite` is available), four more take the
-image alone and make its mask with the recipe of SPEC §8 in TF ops
+image alone and make its mask with BlazePose-full's recipe (or the distilled network) in TF ops
 (`mgcam_tf.segmentation.graph_recipe`, `blazepose_graph`):
 
 - `serving_image`: `image` uint8 [N, H, W, 3], the crops' own pixels, any
@@ -161,11 +161,19 @@ def _decode_resized(contents: tf.Tensor, mask: bool) -> tf.Tensor:
 # ==================================================================================
 # The network's part of a signature
 
-def _network_outputs(model: Any, rgbm: tf.Tensor) -> dict[str, tf.Tensor]:
+def _network_outputs(model: Any, rgbm: tf.Tensor,
+                     flip_average: bool = False) -> dict[str, tf.Tensor]:
     """embedding [N, D] (and attention [N, 40, 16, 1] for MGCAM) of rgbm [N, 160, 64, 4],
-    float32 whatever the model's dtype policy: the model's own inference path."""
+    float32 whatever the model's dtype policy: the model's own inference path.
+
+    flip_average: the embedding is the mean of the image's and its mirror's, as
+    `mgcam-eval --flip_average` computes it (the attention map is the image's own).
+    """
     outputs = model.inference_outputs(rgbm)
-    named = {OUTPUT_EMBEDDING: outputs["h_full"]}
+    embedding = outputs["h_full"]
+    if flip_average:
+        embedding = (embedding + model.embed(tf.reverse(rgbm, axis=[2]))) / 2.0
+    named = {OUTPUT_EMBEDDING: embedding}
     if "attention" in outputs:
         named[OUTPUT_ATTENTION] = outputs["attention"]
     return {k: tf.cast(v, tf.float32) for k, v in named.items()}
@@ -220,14 +228,15 @@ def _in_chunks(network: Any, canvas: tf.Tensor, chunk: int = SEGMENTER_CHUNK) ->
     return out.concat()
 
 
-def _image_only_functions(model: Any, segmenter: Any, limits: ServingLimits) -> dict:
+def _image_only_functions(model: Any, segmenter: Any, limits: ServingLimits,
+                          flip_average: bool = False) -> dict:
     """The signatures that make the mask in the graph (module doc); `segmenter` is a
     `mgcam_tf.segmentation.graph_masks` mask maker (BlazePose-full or the distilled network)."""
     def segment(canvas):
         return _in_chunks(segmenter.network, canvas)
 
     def finish(image, mask, details, extra):
-        outputs = _network_outputs(model, preprocess(image, mask)["rgbm"])
+        outputs = _network_outputs(model, preprocess(image, mask)["rgbm"], flip_average)
         if not details:
             return {OUTPUT_EMBEDDING: outputs[OUTPUT_EMBEDDING]}
         return {**outputs, **extra}
@@ -284,7 +293,7 @@ def has_attention_output(model: Any) -> bool:
 
 
 def serving_functions(model: Any, segmenter: Any = None,
-                      limits: Optional[ServingLimits] = None
+                      limits: Optional[ServingLimits] = None, flip_average: bool = False
                       ) -> dict[str, tf.types.experimental.ConcreteFunction]:
     """The signatures of the module doc, as concrete functions of `model`.
 
@@ -294,6 +303,7 @@ def serving_functions(model: Any, segmenter: Any = None,
         to add the image-only signatures (`MASK_IN_GRAPH_SIGNATURES`); None:
         the three mask-taking ones only.
       limits: the bounds on one request (None: `ServingLimits()`'s defaults).
+      flip_average: every embedding is the mean of the image's and its mirror's.
 
     Returns:
       {signature name: concrete function}, each with a variable batch size.
@@ -309,7 +319,7 @@ def serving_functions(model: Any, segmenter: Any = None,
         mask = _check_batch(mask, INPUT_MASK, (height, width, 1), "uint8", limits)
         with tf.control_dependencies([_check_same_batch(image, INPUT_IMAGE, mask, INPUT_MASK)]):
             rgbm = preprocess(image, mask)["rgbm"]
-        return _network_outputs(model, rgbm)
+        return _network_outputs(model, rgbm, flip_average)
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name=INPUT_IMAGE_BYTES),
@@ -324,17 +334,17 @@ def serving_functions(model: Any, segmenter: Any = None,
             image = _decode_resized(image_bytes, mask=False)
             mask = _decode_resized(mask_bytes, mask=True)
         rgbm = preprocess(image, mask)["rgbm"]
-        return _network_outputs(model, rgbm)
+        return _network_outputs(model, rgbm, flip_average)
 
     @tf.function(input_signature=[
         tf.TensorSpec([None, height, width, 4], tf.float32, name=INPUT_RGBM)])
     def serve_rgbm(rgbm):
         rgbm = _check_batch(rgbm, INPUT_RGBM, (height, width, 4), "float32", limits)
-        return _network_outputs(model, rgbm)
+        return _network_outputs(model, rgbm, flip_average)
 
     functions = {SIGNATURE_DEFAULT: serve_pixels.get_concrete_function(),
                  SIGNATURE_BYTES: serve_bytes.get_concrete_function(),
                  SIGNATURE_RGBM: serve_rgbm.get_concrete_function()}
     if segmenter is not None:
-        functions.update(_image_only_functions(model, segmenter, limits))
+        functions.update(_image_only_functions(model, segmenter, limits, flip_average))
     return functions

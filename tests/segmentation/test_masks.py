@@ -1,4 +1,4 @@
-"""Body masks (SPEC §8): the recipe against the shared masks, resuming, atomic
+"""Body masks (BlazePose-full): the recipe against the shared masks, resuming, atomic
 writes, folder mapping, the model file's checks and the mgcam-masks command.
 
 Tests that run the model need `pose_landmark_full.tflite`: `$MGCAM_MASK_MODEL`

@@ -233,6 +233,32 @@ def test_mscan_export_has_embedding_only(tmp_path):
     assert export.read_metadata(target)["attention_output"] is False
 
 
+def test_flip_average_is_baked_into_the_signatures_and_recorded(tmp_path):
+    """The recipe's test-time option: the served embedding is the mean of the image's
+    and its mirror's, exactly what mgcam-eval --flip_average computes."""
+    import keras
+
+    from mgcam_tf.evaluation.features import extract_features
+
+    keras.utils.set_random_seed(2)
+    model = models.model_from_config(models.model_config(5, bnneck=True,
+                                                         retrieval_feature="bnneck"))
+    target = export.export_saved_model(model, tmp_path / "base", flip_average=True)
+    assert export.read_metadata(target)["flip_average"] is True
+    loaded = tf.saved_model.load(str(target))
+    image, mask = random_batch(3)
+    rgbm = preprocess(image, mask)["rgbm"]
+    expected = extract_features(model, [{"rgbm": rgbm}], flip_average=True)
+    for name, args in (("serving_default", dict(image=tf.constant(image), mask=tf.constant(mask))),
+                       ("serving_rgbm", dict(rgbm=rgbm))):
+        got = loaded.signatures[name](**args)["embedding"].numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=name)
+    plain = extract_features(model, [{"rgbm": rgbm}])
+    assert np.abs(plain - expected).max() > 1e-4          # the mirror did change something
+    default = export.export_saved_model(model, tmp_path / "plain")
+    assert export.read_metadata(default)["flip_average"] is False
+
+
 def test_model_dir_checkpoint_restores_the_saved_model(model_dir, model):
     # export_model_dir exports what load_trained_model restores.
     restored = run_dir.load_trained_model(model_dir)

@@ -21,7 +21,7 @@ from serving_standins import GrpcStandIn, RestStandIn, shared_export
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MODEL = "mgcam"
-# gRPC needs `pip install --no-deps tensorflow-serving-api==2.21.0` (SPEC §9);
+# gRPC needs `pip install --no-deps tensorflow-serving-api==2.21.0` (README, "Two commands for a fresh machine");
 # without it the REST half still runs.
 HAVE_GRPC = all(importlib.util.find_spec(m) for m in ("grpc", "tensorflow_serving"))
 needs_grpc = pytest.mark.skipif(not HAVE_GRPC, reason="tensorflow-serving-api or grpcio "
