@@ -11,9 +11,7 @@ from mgcam_tf.errors import DataError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = pathlib.Path(
-    os.environ.get("MGCAM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+from harness import SHARED_DATA  # noqa: E402  (after mgcam_tf, as the comment above says)
 
 
 @pytest.fixture(scope="session")

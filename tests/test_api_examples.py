@@ -1,11 +1,10 @@
 """Every ```python block of docs/API.md runs as it is (each block stands alone)."""
 
-import pathlib
 import re
 
 import pytest
+from harness import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 BLOCKS = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "API.md").read_text(), re.S)
 
 

@@ -36,8 +36,8 @@ import time
 
 import numpy as np
 import pytest
+from harness import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 TOOLS = {"train": "train", "eval": "evaluate", "masks": "make_masks", "export": "export",
          "extract": "extract", "search": "search", "verify": "verify"}
 Q_BAD = "0001_c1s9_000001_01"      # the bad file placed in query/ (id 1 is a test id)

@@ -24,9 +24,8 @@ import time
 
 import numpy as np
 import pytest
+from harness import ENV, REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
 KILL_POINTS = 3          # per command with --crash-full
 
 

@@ -2,14 +2,13 @@
 
 import io
 import os
-import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
+from harness import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 ENV.pop("TF_CPP_MIN_LOG_LEVEL", None)
 

@@ -1,26 +1,20 @@
 """Cross-domain evaluation: test-only target sets, a separate training set, several targets."""
 
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from mgcam_tf.data import layouts
 from mgcam_tf.errors import DataError
+from harness import REPO, run_tool
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 TEST_FOLDERS = ("query", "query_seg", "bounding_box_test", "bounding_box_test_seg")
 
 
 def run_cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), *args,
-                           "--noprogress"], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=600)
+    return run_tool("evaluate", *args, "--noprogress", cwd=REPO)
 
 
 def make_test_only_copy(source: pathlib.Path, target: pathlib.Path) -> pathlib.Path:

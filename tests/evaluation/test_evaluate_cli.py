@@ -2,23 +2,18 @@
 
 import json
 import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from mgcam_tf.evaluation import distances, metrics
+from harness import REPO, run_tool
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args, cwd=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), *args,
-                           "--noprogress"], capture_output=True, text=True, env=env,
-                          cwd=cwd or REPO, timeout=300)
+    return run_tool("evaluate", *args, "--noprogress", env={"TF_CPP_MIN_LOG_LEVEL": "3"},
+                    cwd=cwd or REPO, timeout=300)
 
 
 def make_npz(path, with_train=True, drop=None):

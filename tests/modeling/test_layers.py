@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from layer_contract import run_layer_test
 from mgcam_tf.modeling.layers import ContrastiveAttention, MultiScaleContext, StreamHead
 
 
@@ -71,13 +72,36 @@ def test_stream_head_shapes():
     assert tuple(head.embedding.kernel.shape) == (960, 128)
 
 
-@pytest.mark.parametrize("layer", [
-    MultiScaleContext(filters=8, dilation_rates=(1, 3), synchronized_bn=True),
-    ContrastiveAttention("hard"),
-    StreamHead(num_ids=5, feature_dim=16, dropout=0.1),
-])
-def test_layers_round_trip_through_their_config(layer):
-    config = keras.saving.serialize_keras_object(layer)
-    clone = keras.saving.deserialize_keras_object(config)
-    assert type(clone) is type(layer)
-    assert clone.get_config() == layer.get_config()
+def _features(*shape, seed=0):
+    return np.random.RandomState(seed).randn(*shape).astype("float32")
+
+
+# Every custom layer of mgcam_tf.modeling.layers, through the one layer contract
+# (build, call shapes, get_config round trip, .keras save and load).
+LAYER_CASES = {
+    "multi_scale_context": (lambda: MultiScaleContext(filters=8, dilation_rates=(1, 3)),
+                            _features(2, 12, 8, 16), (2, 12, 8, 16), {"training": False}),
+    "multi_scale_context_ibn": (lambda: MultiScaleContext(filters=8, ibn=True),
+                                _features(2, 12, 8, 16), (2, 12, 8, 24), {"training": False}),
+    "soft_attention": (lambda: ContrastiveAttention("soft"), _features(2, 40, 16, 96),
+                       ((2, 40, 16, 96), (2, 40, 16, 96), (2, 40, 16, 1)), {}),
+    "hard_attention": (lambda: ContrastiveAttention("hard"),
+                       [_features(2, 40, 16, 96), (_features(2, 40, 16, 1) > 0).astype("float32")],
+                       ((2, 40, 16, 96), (2, 40, 16, 96), (2, 40, 16, 1)), {}),
+    "stream_head": (lambda: StreamHead(num_ids=5, feature_dim=16, dropout=0.1),
+                    _features(2, 40, 16, 96), ((2, 16), (2, 5)), {"training": False}),
+    "stream_head_bnneck": (lambda: StreamHead(num_ids=5, feature_dim=16, bnneck=True),
+                           _features(2, 40, 16, 96), ((2, 16), (2, 5)), {"training": False}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_layer_contract(case, tmp_path):
+    make, inputs, shapes, kwargs = LAYER_CASES[case]
+    run_layer_test(make, inputs, shapes, tmp_path, call_kwargs=kwargs)
+
+
+def test_synchronized_bn_round_trips_through_the_config():
+    layer = MultiScaleContext(filters=8, dilation_rates=(1, 3), synchronized_bn=True)
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(clone) is type(layer) and clone.get_config() == layer.get_config()

@@ -1,6 +1,7 @@
 """mgcam_tf.modeling.models: every tensor shape of the official prototxt, the ablations, and one train step each."""
 
 import keras
+from layer_contract import run_layer_test
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -147,16 +148,16 @@ def test_bad_model_settings_are_config_errors():
 @pytest.mark.parametrize("architecture,attention", [("mgcam", "soft"), ("mgcam", "hard"),
                                                     ("mscan", "none")])
 def test_keras_file_round_trip(tmp_path, architecture, attention):
+    """The models keep the layer contract (tests/layer_contract.py) too."""
     model = models.build_model(NUM_IDS, architecture, "rgbm", attention)
     rgbm = np.random.RandomState(2).randn(2, 160, 64, 4).astype("float32")
-    path = tmp_path / "model.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert type(loaded) is type(model)
+    shapes = {"h_full": (2, 128), "logits_full": (2, NUM_IDS)}
+    if architecture == "mgcam":
+        shapes.update({"h_body": (2, 128), "logits_body": (2, NUM_IDS), "h_bgd": (2, 128),
+                       "logits_bgd": (2, NUM_IDS), "attention": (2, 40, 16, 1)})
+    run_layer_test(lambda: model, rgbm, shapes, tmp_path, call_kwargs={"training": False})
+    loaded = keras.models.load_model(tmp_path / f"{model.name}.keras")
     assert models.serialize(loaded) == models.serialize(model)
-    for key, value in model(rgbm, training=False).items():
-        np.testing.assert_allclose(loaded(rgbm, training=False)[key].numpy(), value.numpy(),
-                                   rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_model_config_is_the_models_own_config():

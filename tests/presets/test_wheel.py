@@ -14,8 +14,8 @@ import pytest
 
 from mgcam_tf import presets
 from mgcam_tf.version import __version__
+from harness import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 NAME = "mgcam_siamese_cuhk03"
 # What the wheel is built from: the files setup.py reads, and the package.
 SOURCES = ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "mgcam_tf")

@@ -17,8 +17,8 @@ from mgcam_tf.errors import ConfigError
 from mgcam_tf.modeling import models
 from mgcam_tf.retrieval import attention_maps, search
 from mgcam_tf.retrieval.search import Match
+from harness import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 NAME = "mgcam_siamese_cuhk03"
 

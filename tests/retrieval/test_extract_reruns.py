@@ -7,7 +7,6 @@ rows when its content changed. NaN/Inf features are refused at every entry.
 """
 
 import os
-import pathlib
 import shutil
 
 import numpy as np

@@ -17,8 +17,8 @@ faiss = pytest.importorskip("faiss")
 
 from mgcam_tf.errors import ConfigError, DataError  # noqa: E402
 from mgcam_tf.retrieval import extraction, index, search  # noqa: E402
+from harness import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def clustered(n, dim=16, seed=0, centres=50):
@@ -126,7 +126,7 @@ ADD_SCRIPT = textwrap.dedent("""
 
 def test_kill_during_add_keeps_previous_version(tmp_path):
     script = tmp_path / "add.py"
-    script.write_text(ADD_SCRIPT.format(repo=REPO))
+    script.write_text(ADD_SCRIPT.format(repo=str(REPO)))
     base, _ = clustered(5000, dim=32, seed=3)
 
     def fresh(d):
@@ -197,7 +197,7 @@ def test_concurrent_add_fails_with_one_line(tmp_path):
     script = tmp_path / "second.py"
     script.write_text(textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {REPO!r})
+        sys.path.insert(0, {str(REPO)!r})
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from mgcam_tf.errors import MgcamError
         import test_index

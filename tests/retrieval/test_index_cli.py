@@ -2,9 +2,6 @@
 
 import json
 import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
@@ -14,14 +11,8 @@ from mgcam_tf.retrieval import extraction, index, search, user_images  # noqa: E
 from mgcam_tf.serving.loader import SavedModelEmbedder  # noqa: E402
 
 from serving_standins import shared_export  # noqa: E402
+from harness import run_tool
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def run_tool(tool, *args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, str(REPO / "tools" / f"{tool}.py"), *args],
-                          capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_extract_into_index_then_search_it(shared_data, tmp_path):

@@ -4,8 +4,6 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,8 +18,8 @@ from mgcam_tf.serving.loader import SavedModelEmbedder
 from mgcam_tf.errors import ConfigError, DataError
 
 from serving_standins import shared_export
+from harness import run_tool
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -162,12 +160,6 @@ def test_calibration_meets_its_false_accept_rate():
         verification.calibrate(features[:5], pids[:5])
     with pytest.raises(ConfigError, match="target_far"):
         verification.calibrate(features, pids, target_far=1.5)
-
-
-def run_tool(tool, *args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, str(REPO / "tools" / f"{tool}.py"), *args],
-                          capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_cli_extract_search_verify(shared_data, tmp_path, embedder):

@@ -7,7 +7,6 @@ Needs ../shared/data (skipped with the reason otherwise); nothing here needs
 BlazePose's .tflite: the reference masks are the shared `X_seg` files.
 """
 
-import json
 import os
 import pathlib
 import subprocess
@@ -20,9 +19,8 @@ import tensorflow as tf
 from mgcam_tf.errors import ConfigError, DataError
 from mgcam_tf.segmentation import agreement, choice, distilled, graph_masks, writer
 from mgcam_tf.segmentation import segmenter as blazepose_segmenter
+from harness import ENV, REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
 # The quality bar of issue 25 for a default segmenter: mean mask IoU against
 # BlazePose-full's masks on the dev split.
 IOU_BAR = 0.90

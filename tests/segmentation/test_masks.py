@@ -11,7 +11,6 @@ import os
 import pathlib
 import shutil
 import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -21,9 +20,8 @@ from mgcam_tf.segmentation import model_file
 from mgcam_tf.segmentation import segmenter
 from mgcam_tf.segmentation import writer
 from mgcam_tf.errors import ConfigError, DataError, MgcamError
+from harness import run_tool
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def read_png(path) -> np.ndarray:
@@ -301,9 +299,7 @@ def test_model_comes_out_of_a_wheel_and_is_cached(mask_model, tmp_path, monkeypa
 # mgcam-masks
 
 def mgcam_masks(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, str(REPO / "tools" / "make_masks.py"), *args],
-                          env={**ENV, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_tool("make_masks", *args, env=env, timeout=timeout)
 
 
 def assert_one_line_error(proc, *fragments):

@@ -18,8 +18,8 @@ from mgcam_tf.data.preprocess import preprocess
 from mgcam_tf.errors import ConfigError
 
 from serving_standins import SignatureRunner, shared_export
+from harness import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def make_model_dir(path: pathlib.Path, model) -> pathlib.Path:

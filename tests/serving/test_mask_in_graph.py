@@ -10,7 +10,6 @@ with the reason otherwise) and ../shared/data.
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import textwrap
@@ -24,8 +23,8 @@ from mgcam_tf.segmentation import model_file
 from mgcam_tf.serving import export
 
 from serving_standins import SignatureRunner, perturb_batch_norm
+from harness import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 # Embeddings of the image-only path against the two-step path (float32
 # [N, 128], values of order 1): equal where the masks are equal; where a few
 # boundary pixels differ, the difference stays below this.

@@ -3,7 +3,6 @@ that run the exported SavedModel by its SignatureDefs on 127.0.0.1."""
 
 import importlib.util
 import os
-import pathlib
 import socket
 import subprocess
 import sys
@@ -18,8 +17,8 @@ from mgcam_tf.errors import ConfigError
 from mgcam_tf.serving.client import GrpcClient, RestClient, ServingError
 
 from serving_standins import GrpcStandIn, RestStandIn, shared_export
+from harness import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 MODEL = "mgcam"
 # gRPC needs `pip install --no-deps tensorflow-serving-api==2.21.0` (README, "Two commands for a fresh machine");
 # without it the REST half still runs.

@@ -25,9 +25,9 @@ import tensorflow as tf
 from mgcam_tf.errors import ConfigError
 from mgcam_tf.serving import export, limits
 
+from harness import REPO
 from serving_standins import SignatureRunner, shared_export
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 MAX_EXTRA_MB = 500
 
 sys.path.insert(0, str(REPO))

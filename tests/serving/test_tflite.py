@@ -12,7 +12,6 @@ are benchmarks/bench_tflite.py's, docs/PERFORMANCE.md).
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -28,8 +27,8 @@ from mgcam_tf.serving import export, limits, tflite
 from mgcam_tf.training import run_dir
 
 from serving_standins import shared_export
+from harness import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

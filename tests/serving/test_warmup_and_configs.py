@@ -1,6 +1,5 @@
 """The export's TF Serving warmup file, replayed; docs/serving's server config files, parsed."""
 
-import pathlib
 
 import numpy as np
 import pytest
@@ -10,8 +9,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from mgcam_tf.serving import export
 
 from serving_standins import shared_export
+from harness import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 prediction_log_pb2 = pytest.importorskip("tensorflow_serving.apis.prediction_log_pb2")
 
 

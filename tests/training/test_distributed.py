@@ -7,11 +7,10 @@ which shows that the check can fail.
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
+from harness import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_mirrored_step_with_synchronized_bn_matches_one_device():

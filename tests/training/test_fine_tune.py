@@ -18,8 +18,8 @@ from mgcam_tf import presets
 from mgcam_tf.errors import ConfigError
 from mgcam_tf.modeling import models
 from mgcam_tf.training import run_dir
+from harness import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 NAME = "mgcam_siamese_cuhk03"
 CLASSIFIERS = {f"{s}_stream/classifier/{w}" for s in ("full", "body", "bgd")
                for w in ("kernel", "bias")}

@@ -11,14 +11,13 @@ checkpoints are gone.
 
 import json
 import os
-import pathlib
 import socket
 import subprocess
 import sys
 
 import numpy as np
+from harness import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "scripts" / "multi_worker_train.py"
 TIMEOUT_S = 300
 

@@ -8,12 +8,13 @@ import sys
 
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT / "tools"))
+from harness import REPO
+
+sys.path.insert(0, str(REPO / "tools"))
 
 import results_table  # noqa: E402
 
-FLAGFILES = sorted((REPO_ROOT / "flags").glob("cuhk03_pair1_*.flags"))
+FLAGFILES = sorted((REPO / "flags").glob("cuhk03_pair1_*.flags"))
 
 
 def _flags(path: pathlib.Path) -> dict:
@@ -32,9 +33,9 @@ def test_one_flagfile_per_row_and_one_budget():
     assert len(stage1) == 5
     for key in ("total_steps", "batch_size", "lr_step", "base_lr", "data_dir"):
         assert len({f[key] for f in stage1}) == 1, key
-    siamese = _flags(REPO_ROOT / "flags" / "cuhk03_pair1_mgcam_siamese_rgbm.flags")
+    siamese = _flags(REPO / "flags" / "cuhk03_pair1_mgcam_siamese_rgbm.flags")
     assert siamese["init_from"] == _flags(
-        REPO_ROOT / "flags" / "cuhk03_pair1_mgcam_rgbm.flags")["model_dir"]
+        REPO / "flags" / "cuhk03_pair1_mgcam_rgbm.flags")["model_dir"]
     for path in FLAGFILES:
         flags = _flags(path)
         # Seed 0's folder; tools/reproduce.sh sets --seed and --model_dir per seed.
@@ -47,8 +48,8 @@ def test_one_flagfile_per_row_and_one_budget():
 @pytest.mark.parametrize("flagfile", FLAGFILES, ids=lambda p: p.stem)
 def test_flagfile_dry_run(flagfile):
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tools" / "train.py"), f"--flagfile={flagfile}",
-         "--dry_run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        [sys.executable, str(REPO / "tools" / "train.py"), f"--flagfile={flagfile}",
+         "--dry_run"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "flags are valid" in proc.stdout
     assert f"total_steps={_flags(flagfile)['total_steps']}" in proc.stdout

@@ -1,32 +1,18 @@
 """mgcam-train end to end: a few real steps on the built-in data, flagfiles, bad input."""
 
 import json
-import os
-import pathlib
 import shutil
 import subprocess
 import sys
 
+from harness import ENV, REPO, assert_one_line_error, run_tool
 from mgcam_tf.training import precision
 
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def mgcam_train(*args, timeout=600):
-    return subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), *args],
-                          env=ENV, capture_output=True, text=True, timeout=timeout)
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines()
-              if line.startswith(("error:", "FATAL Flags parsing error"))]
-    assert len(errors) == 1, proc.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
+    return run_tool("train", *args, timeout=timeout)
 
 
 def test_every_flagfile_parses():

@@ -2,7 +2,6 @@
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -17,10 +16,9 @@ from mgcam_tf.modeling import models
 from mgcam_tf.training import run_dir
 from mgcam_tf.errors import ConfigError
 from mgcam_tf import atomic_files
+from harness import ENV, REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "scripts" / "train_steps.py"
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def run_script(*args, check=True):
