@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from mgcam_tf.errors import ConfigError
-from mgcam_tf.evaluation import cuhk03_classic, distances, metrics, rerank
+from mgcam_tf.evaluation import cuhk03_classic, distances, large_scale, metrics, rerank
 from mgcam_tf.evaluation.features import SplitFeatures
 
 PROTOCOLS = ("single_query", "all_queries", "cuhk03_classic")
@@ -134,11 +134,27 @@ class ReidEvaluator:
                               "more; this test set has one")
         return runs
 
+    def _blockwise(self, query: SplitFeatures, gallery: SplitFeatures) -> bool:
+        """Whether to evaluate without the [Q, G] matrix (`large_scale`): Euclidean
+        distances past DENSE_LIMIT entries, where the two paths give the same numbers."""
+        return (self.metric == "euclidean" and self.protocol != "cuhk03_classic"
+                and self.no_match == "exclude"
+                and len(query.pids) * len(gallery.pids) > DENSE_LIMIT)
+
     def evaluate(self, query: SplitFeatures, gallery: SplitFeatures,
                  train: SplitFeatures | None = None, *, max_rank: int = 50,
                  progress: Callable[[int, int], None] | None = None) -> Evaluation:
+        """One path for any gallery size: the dense distance matrix while it is small,
+        `large_scale.evaluate_features` (blockwise, bounded memory) past DENSE_LIMIT."""
         results = []
         for q, g in self._runs(query, gallery):
+            if self._blockwise(q, g):
+                if self.normalize:
+                    q, g = l2_normalized(q), l2_normalized(g)
+                results.append(large_scale.evaluate_features(
+                    q.features, q.pids, q.camids, g.features, g.pids, g.camids, ap=self.ap,
+                    max_rank=max_rank))
+                continue
             distmat = self.distances(q, g, train, progress)
             if self.protocol == "cuhk03_classic":
                 results.append(cuhk03_classic.evaluate(
@@ -162,6 +178,11 @@ class ReidEvaluator:
                              np.concatenate([q.pids for q in qs]),
                              np.concatenate([q.camids for q in qs]),
                              sum((tuple(q.paths) for q in qs), ()))
+
+
+# Entries of the [Q, G] distance matrix (float32: 4 bytes each, 400 MB here) past which
+# Euclidean evaluation goes blockwise: Market-1501 (3,368 x 15,913) stays dense.
+DENSE_LIMIT = 100_000_000
 
 
 def _subset(items: SplitFeatures, keep: np.ndarray) -> SplitFeatures:

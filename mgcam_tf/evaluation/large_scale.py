@@ -25,8 +25,7 @@ junk, distractors) whenever the dense matrix fits
 
 Memory: the gallery features (G x D x 4 bytes; a memory map is fine) plus,
 per block in flight, about 8 B x G bytes (the float32 block and one row's
-temporaries). 3,368 queries x 500,000 gallery x 128-d: about 1 GB of blocks
-at the default budget; docs/PERFORMANCE.md has time and peak memory.
+temporaries). docs/PERFORMANCE.md has time and peak memory at 500,000.
 
 Re-ranking at that size (`rerank_shortlist`, `evaluate_features(...,
 rerank_top=S)`): k-reciprocal re-ranking (`mgcam_tf.evaluation.rerank`) of
@@ -35,20 +34,13 @@ each query block against the union of its queries' S nearest gallery items
 of the gallery ranked after the shortlist in its original order. Re-ranking
 only sees the neighbourhoods inside the shortlist union, so it approximates
 re-ranking the whole gallery; with the shortlist = the whole gallery it is
-exact (tested). Measured against full re-ranking (`benchmarks/bench_search.py
---rerank_check`: Market-1501-shaped synthetic features, the first 1,000
-queries x 19,732 gallery, blocks of 256 queries, k1 20, k2 6, lambda 0.3):
-
-  S     rank-1 - full   mAP - full   max |distance - full's| (shortlisted)
-  100   +0.0010         -0.0496      0.292
-  300   +0.0000         -0.0182      0.292
-  500   +0.0000         -0.0103      0.292
-
-(full: rank-1 0.9990, mAP 0.9985; no re-ranking: 0.9920, 0.8164). The
-distances themselves are not close (the Jaccard term is computed over
-different neighbourhoods; final distances lie in [0, ~1.3]); the ranking of
-the top is. A good match outside a query's shortlist keeps its original
-rank behind the shortlist, so larger S recovers more mAP.
+exact (tested). How close it comes at smaller shortlists (rank-1 and mAP
+against full re-ranking for S = 100, 300, 500) is measured by
+`benchmarks/bench_search.py --rerank_check` (docs/PERFORMANCE.md): the
+ranking of the top holds, the distances themselves are not close (the
+Jaccard term is computed over other neighbourhoods). A good match outside a
+query's shortlist keeps its original rank behind the shortlist, so larger S
+recovers more mAP.
 """
 
 from __future__ import annotations
@@ -149,8 +141,7 @@ def evaluate_features(query_features: np.ndarray, query_pids: np.ndarray,
       memory_gb: budget for the blocks in flight (the gallery features not counted).
       query_block: queries per block (default: from memory_gb).
       threads: blocks in flight (numpy releases the GIL); default 1, since
-        the matmul already uses every core through BLAS (measured at 3,368 x
-        500,000 on 2 shared cores: 23.1 s with 1, 30.2 s with 2).
+        the matmul already uses every core through BLAS (docs/PERFORMANCE.md).
       rerank_top: > 0: k-reciprocal re-ranking of a shortlist of this many
         gallery items per query (module doc); candidates: int [Q, S] shortlist
         (e.g. from `GalleryIndex.search`) instead of the exact top rerank_top.

@@ -39,29 +39,16 @@ AUTO_FLAT_MAX (flat -> ivf) or to 4x the size its IVF was trained on.
 
 Index types (docs/PERFORMANCE.md, "A gallery of a million", has the figures):
 
-- ``flat``: exact search (faiss brute force over features.npy). Measured
-  on the 2 shared cores: about 300 queries/s over 200,000 128-d features
-  (3 ms a query), interactive enough, so below AUTO_FLAT_MAX images exact
-  search is the default; beyond, its time grows linearly with N.
+- ``flat``: exact search (faiss brute force over features.npy): interactive
+  below AUTO_FLAT_MAX images, where it is the default; beyond, its time
+  grows linearly with N.
 - ``ivf``: IVF-Flat, nlist = 4 sqrt(N) coarse cells (k-means, seeded, 10
   iterations, on at most 40 points per cell), nprobe = nlist / 125 cells
-  searched by default (32 of 4,000 at a million). Default picked by
-  measurement on the benchmark's 1,000,000 clustered 128-d features
-  (benchmarks/bench_search.py --nprobe_sweep, 2 shared cores, recall@10
-  against exact numpy brute force, queries/s at batch 100, one loaded run):
-  nprobe 4/8/16/32/64/125 -> recall 0.871/0.909/0.941/0.967/0.984/0.994 at
-  1,563/851/472/349/175/90 q/s (exact: 17 q/s in that run). nprobe 32 of
-  4,000 is the cheapest setting measured with recall@10 >= 0.95 (13-26x
-  exact over three runs, docs/PERFORMANCE.md); the old default (nlist / 32
-  = 125) is 4x slower. nlist 2,000 was worse at equal nprobe (0.939 at 32,
-  measured outside the benchmark); 8,000+ was not measured (k-means time
-  grows with nlist^2 at 40 points a cell).
-  Chosen over HNSW by measurement at 200,000 clustered
-  features: IVF built in 11.5 s against HNSW's 34 s (M = 32,
-  efConstruction = 80), both at recall@10 >= 0.999, at 9,500-15,700
-  against 13,000 queries/s (nprobe 8-16, efSearch 64); IVF needs no graph
-  (HNSW adds 2 M ids a vector) and its adds are cheap. At 1,000,000:
-  docs/PERFORMANCE.md.
+  searched by default (32 of 4,000 at a million): the cheapest setting with
+  recall@10 >= 0.95 on the benchmark's million clustered features
+  (benchmarks/bench_search.py --nprobe_sweep). Chosen over HNSW, and these
+  defaults over others, by the measurements in docs/PERFORMANCE.md ("A
+  gallery of a million"): IVF builds faster, needs no graph and adds cheaply.
 - ``hnsw``: HNSW-Flat (M = 32, efConstruction = 80, efSearch = 64), for
   when build time does not matter and single queries must be fastest.
 

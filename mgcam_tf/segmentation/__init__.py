@@ -28,8 +28,7 @@ interpreter without TensorFlow should TF drop it.
 Speed: the resizes are a few gathers and float32/int32 blends per image in
 numpy (no per-image TF graph), and `write_masks` runs one interpreter per
 worker *thread*: TFLite's `invoke` and the TF decode/encode kernels release
-the GIL (two threads with a one-thread interpreter each run 226 images/s of
-bare `invoke` here, one thread 117), so threads use all cores without a
+the GIL (docs/PERFORMANCE.md has the figures), so threads use all cores without a
 process pool's start-up cost (each process would import TensorFlow, several
 seconds) or the hazards of forking a process whose TF runtime is running.
 """

@@ -1,13 +1,14 @@
 """A small body-mask network distilled from BlazePose-full, at the model's input size.
 
 BlazePose-full's segmentation (`segmenter`, `blazepose_graph`) runs a
-256x256 letterbox in which the pedestrian fills about a third of the pixels:
-17-22 ms of CPU per crop, 5-8x the re-identification itself. This network
+256x256 letterbox in which the pedestrian fills about a third of the pixels,
+several times the cost of the re-identification itself (docs/PERFORMANCE.md,
+"Cheaper masks"). This network
 sees the crop as the re-identification network does, resized to 160x64
 (`mgcam_tf.data.preprocess.resize_to_input`, RGB / 255), and predicts
 BlazePose's body logits at that size: a tiny U-Net (Ronneberger et al.,
 MICCAI 2015) with MobileNet-style depthwise-separable blocks (Howard et al.,
-2017), about 60k weights (a few hundred KB in float32).
+2017); `distilled_mask_net.json` records its size.
 
 Its masks follow the recipe's last step: the 160x64 logits resized
 bilinearly (half-pixel centres) to the crop's size, body where logit > 0.

@@ -140,3 +140,29 @@ def test_distances_same_bits_whatever_the_block():
             np.empty((300, 5000), np.float32), q, g, g_sq, chunk=1500))
     np.testing.assert_array_equal(dense, large_scale.euclidean_into(
         np.empty((300, 5000), np.float32), q, g, g_sq))
+
+
+@pytest.mark.parametrize("protocol", ["single_query", "all_queries"])
+def test_the_evaluator_goes_blockwise_past_its_limit_with_the_same_numbers(protocol,
+                                                                          monkeypatch):
+    """ReidEvaluator is the one path for any gallery size: past DENSE_LIMIT entries it
+    evaluates without the [Q, G] matrix, and the figures do not change."""
+    from mgcam_tf.evaluation import evaluator
+    from mgcam_tf.evaluation.features import SplitFeatures
+
+    qf, qp, qc, gf, gp, gc = problem()
+    gp = np.where(gp < 1, 1, gp)                     # all_queries needs plain ids
+    query = SplitFeatures(qf, qp, qc, tuple(f"q{i}" for i in range(len(qp))))
+    gallery = SplitFeatures(gf, gp, gc, tuple(f"g{i}" for i in range(len(gp))))
+    judge = evaluator.ReidEvaluator(protocol=protocol)
+    dense = judge.evaluate(query, gallery).result
+    calls = []
+    real = large_scale.evaluate_features
+    monkeypatch.setattr(large_scale, "evaluate_features",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(evaluator, "DENSE_LIMIT", 10)
+    blockwise = judge.evaluate(query, gallery).result
+    assert calls
+    np.testing.assert_array_equal(blockwise.cmc, dense.cmc)
+    np.testing.assert_allclose(blockwise.ap, dense.ap, rtol=1e-6)
+    assert blockwise.mAP == pytest.approx(dense.mAP, rel=1e-6)
