@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The modern recipe's runs (docs/RESULTS.md, "The modern recipe"): the full recipe for
+# MGCAM and MSCAN-body, its ablation steps (mgcam_tf/training/experiments.py,
+# RECIPE_STEPS, each on top of the ones before) and the Siamese row's control, trained
+# in turn, then evaluated and recorded as tools/reproduce.sh records the paper's rows.
+#
+#   PYTHON=.venv/bin/python RUNS=/work/runs/recipe tools/reproduce_recipe.sh
+#   QUEUE="cuhk03_pair1_recipe_mgcam_rgbm:1" PHASE=train tools/reproduce_recipe.sh
+#
+# Resumable: a training resumes from its last checkpoint (or returns at once when it
+# reached its total_steps); an evaluation whose JSON exists is not run again. Runs go to
+# $RUNS/<experiment less cuhk03_pair1_>_s<seed>/, their records to $RECORDS/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+RUNS=${RUNS:-runs/recipe}
+RECORDS=${RECORDS:-docs/results/cuhk03_pair1_recipe}
+PHASE=${PHASE:-all}
+SHARED=../shared/data
+# The full recipe first (the answer the ablation is read against), then MSCAN-body under
+# it, then the ablation's steps, then second seeds.
+QUEUE=${QUEUE:-"cuhk03_pair1_recipe_mgcam_rgbm:0 cuhk03_pair1_recipe_mscan_rgbm:0
+  cuhk03_pair1_recipe_1_optimizer:0 cuhk03_pair1_recipe_2_batch_hard:0
+  cuhk03_pair1_recipe_3_label_smoothing:0 cuhk03_pair1_recipe_4_erasing:0
+  cuhk03_pair1_recipe_5_bnneck:0 cuhk03_pair1_recipe_labeled_mgcam_rgbm:0
+  cuhk03_pair1_recipe_mgcam_rgbm:1 cuhk03_pair1_recipe_mscan_rgbm:1"}
+
+folder() { local exp=$1 seed=$2; echo "$RUNS/${exp#cuhk03_pair1_}_s$seed"; }
+
+if [ "$PHASE" != evaluate ]; then
+  for item in $QUEUE; do
+    exp=${item%%:*}; seed=${item##*:}
+    echo "=== train $exp seed $seed $(date +%T)"
+    "$PY" tools/train.py --experiment="$exp" --seed="$seed" --model_dir="$(folder "$exp" "$seed")" \
+      --progress=false </dev/null
+  done
+fi
+[ "$PHASE" = train ] && { echo "=== trained $(date +%T)"; exit 0; }
+
+# Each finished run: Euclidean single-query and all-queries on the dev split (per-query
+# scores for the paired intervals), the same on the hand-drawn boxes of the same images
+# (a small shift), and Market-1501 / MARS minis (other cameras; tiny: a sanity check).
+evaluate() {
+  local dir=$1 name data protocol
+  for name in cuhk03_pair1 cuhk03_pair1_labeled market1501_mini mars_mini; do
+    data=$SHARED/$name
+    [ -d "$data" ] || continue
+    for protocol in single_query all_queries; do
+      [ "$name" != cuhk03_pair1 ] && [ "$protocol" = all_queries ] && continue
+      local out="$dir/eval_${name}_euclidean_$protocol.json"
+      [ -f "$out" ] && continue
+      "$PY" tools/evaluate.py --model_dir="$dir" --data_dir="$data" --metric=euclidean \
+        --protocol="$protocol" --per_query --progress=false --json_out="$out"
+    done
+  done
+}
+finished() {  # run folder: its last checkpoint is at the total_steps it was started with
+  "$PY" - "$1" <<'PY'
+import json, pathlib, re, sys
+from mgcam_tf.training.config import run_settings
+d = pathlib.Path(sys.argv[1])
+total = run_settings(json.loads((d / "config.json").read_text()))["total_steps"]
+state = d / "checkpoints" / "checkpoint"
+steps = re.findall(r'model_checkpoint_path: "ckpt-(\d+)"', state.read_text()) if state.is_file() else []
+sys.exit(0 if steps and int(steps[0]) >= total else 1)
+PY
+}
+for item in $QUEUE; do
+  exp=${item%%:*}; seed=${item##*:}; dir=$(folder "$exp" "$seed")
+  if ! { [ -d "$dir/checkpoints" ] && finished "$dir"; }; then
+    echo "=== $dir: not finished, not evaluated (rerun the script to resume it)"; continue
+  fi
+  echo "=== evaluate $dir $(date +%T)"; evaluate "$dir"
+  "$PY" tools/run_record.py "$dir" "$RECORDS"
+done
+echo "=== done $(date +%T)"
