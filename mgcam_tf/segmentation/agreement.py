@@ -30,7 +30,7 @@ def read_mask(path: str) -> np.ndarray:
     """A mask file as uint8 [H, W] (its first channel)."""
     import tensorflow as tf
 
-    from mgcam_tf.data.preprocess import decode_mask
+    from mgcam_tf.image_io import decode_mask
 
     return decode_mask(tf.io.read_file(path)).numpy()[..., 0]
 

@@ -39,7 +39,7 @@ def _load(image_path, mask_path):
     """uint8 [160, 64, 3] network pixels and float32 [160, 64, 1] body fraction in [0, 1]."""
     import tensorflow as tf
 
-    from mgcam_tf.data.preprocess import decode_mask, resize_to_input
+    from mgcam_tf.image_io import decode_mask, resize_to_input
 
     image = graph_recipe.decode_crop(tf.io.read_file(image_path))
     mask = tf.cast(decode_mask(tf.io.read_file(mask_path)), tf.float32) / 255.0

@@ -5,7 +5,7 @@ BlazePose-full's segmentation (`segmenter`, `blazepose_graph`) runs a
 several times the cost of the re-identification itself (docs/PERFORMANCE.md,
 "Cheaper masks"). This network
 sees the crop as the re-identification network does, resized to 160x64
-(`mgcam_tf.data.preprocess.resize_to_input`, RGB / 255), and predicts
+(`mgcam_tf.image_io.resize_to_input`, RGB / 255), and predicts
 BlazePose's body logits at that size: a tiny U-Net (Ronneberger et al.,
 MICCAI 2015) with MobileNet-style depthwise-separable blocks (Howard et al.,
 2017); `distilled_mask_net.json` records its size.
@@ -128,7 +128,7 @@ def network_input(pixels):
     The same 160x64 pixels the re-identification network is given
     (`resize_to_input`: bilinear, rounded to uint8)."""
     import tensorflow as tf
-    from mgcam_tf.data.preprocess import resize_to_input
+    from mgcam_tf.image_io import resize_to_input
 
     return tf.cast(resize_to_input(pixels), tf.float32) / 255.0
 

@@ -198,6 +198,7 @@ def test_concurrent_add_fails_with_one_line(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(REPO)!r})
+        sys.path.insert(0, {str(REPO / "tests")!r})
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from mgcam_tf.errors import MgcamError
         import test_index
