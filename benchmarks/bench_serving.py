@@ -94,14 +94,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         t0 = time.perf_counter()
-        mask_model = None
-        if args.mask_in_graph == "auto":
-            from mgcam_tf.errors import DataError
-            from mgcam_tf.segmentation import model_file
-            try:
-                mask_model = model_file.resolve_model_path()
-            except DataError as err:
-                print(f"image-only signature not timed: {err}")
+        mask_model = _mask_model(args)
         export_dir = export.export_saved_model(model, tmp, mask_model_path=mask_model)
         export_s = time.perf_counter() - t0
         loaded = tf.saved_model.load(str(export_dir))
@@ -233,6 +226,21 @@ def main() -> None:
         "max_abs_diff": max_diff, "export_s": round(export_s, 2), "load_average": round(load, 2)}))
 
 
+def _mask_model(args):
+    """BlazePose-full's model file for the image-only signatures, or None (and why)
+    when --mask_in_graph is off or the file cannot be had here."""
+    from mgcam_tf.errors import DataError
+    from mgcam_tf.segmentation import model_file
+
+    if args.mask_in_graph != "auto":
+        return None
+    try:
+        return model_file.resolve_model_path()
+    except DataError as err:
+        print(f"image-only signatures not timed: {err}")
+        return None
+
+
 def _rss_mb() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1000
@@ -250,19 +258,12 @@ def hostile(args) -> None:
 
     from benchmarks.hostile_images import jpeg_claiming, png_bomb
     from benchmarks.peak_memory import peak_gb
-    from mgcam_tf.errors import DataError
     from mgcam_tf.modeling import models
-    from mgcam_tf.segmentation import model_file
     from mgcam_tf.serving import export
 
     keras.utils.set_random_seed(0)
     model = models.model_from_config(models.model_config(args.num_ids))
-    mask_model = None
-    if args.mask_in_graph == "auto":
-        try:
-            mask_model = model_file.resolve_model_path()
-        except DataError as err:
-            print(f"image-only signatures not timed: {err}")
+    mask_model = _mask_model(args)
     rng = np.random.default_rng(0)
     crop = tf.io.encode_jpeg(rng.integers(0, 256, (128, 64, 3), dtype=np.uint8)).numpy()
     bomb, liar = png_bomb(23000), jpeg_claiming(30000, 30000)

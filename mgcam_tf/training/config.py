@@ -193,16 +193,10 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ScheduleConfig:
-    """Which stage trains, from where, for how long; how often it saves and logs.
+class RunConfig:
+    """How long to train and how often to save and log (`trainer.train`'s run).
+    Defaults are stage 1 of the official solver (`solver.prototxt`)."""
 
-    stage "1": MGCAM (no Siamese loss); "2": MGCAM-Siamese (pair batches,
-    started from init_from). init_from: a run folder whose weights start this
-    run. Defaults are stage 1 of the official solver (`solver.prototxt`).
-    """
-
-    stage: str = "1"
-    init_from: str = ""
     total_steps: int = 75000
     checkpoint_every: int = 1000
     log_every: int = 50
@@ -210,13 +204,29 @@ class ScheduleConfig:
     max_checkpoints: int = 3
 
     def __post_init__(self):
-        _one_of(self, "stage", STAGES)
         _at_least(self, 1, "total_steps", "checkpoint_every", "log_every", "image_every",
                   "max_checkpoints")
         if self.total_steps % self.checkpoint_every:
             # fit's epochs are checkpoint intervals (trainer.train): they must tile the run.
             raise ConfigError(f"total_steps ({self.total_steps}) must be a multiple of "
                               f"checkpoint_every ({self.checkpoint_every})")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig(RunConfig):
+    """The run (`RunConfig`) and which stage trains from where.
+
+    stage "1": MGCAM (no Siamese loss); "2": MGCAM-Siamese (pair batches,
+    started from init_from). init_from: a run folder (or preset) whose
+    weights start this run.
+    """
+
+    stage: str = "1"
+    init_from: str = ""
+
+    def __post_init__(self):
+        super().__post_init__()
+        _one_of(self, "stage", STAGES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,6 @@ mid-save resumes from the previous, complete checkpoint.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -26,6 +25,8 @@ from keras import ops
 from mgcam_tf.modeling import models
 from mgcam_tf.errors import ConfigError, OutputError
 from mgcam_tf import atomic_files, process_lock
+# How long a run trains and how often it saves: part of the experiment configuration.
+from mgcam_tf.training.config import RunConfig  # noqa: F401
 
 CONFIG_FILE = "config.json"
 
@@ -34,27 +35,6 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 LOG_DIR = "logs"
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """How long to train and how often to save and log."""
-
-    total_steps: int = 75000
-    checkpoint_every: int = 1000
-    log_every: int = 50
-    image_every: int = 1000
-    max_checkpoints: int = 3
-
-    def __post_init__(self):
-        for field in ("total_steps", "checkpoint_every", "log_every", "image_every",
-                      "max_checkpoints"):
-            if getattr(self, field) <= 0:
-                raise ConfigError(f"{field} must be > 0, got {getattr(self, field)}")
-        if self.total_steps % self.checkpoint_every:
-            # fit's epochs are checkpoint intervals (see `train`): they must tile the run.
-            raise ConfigError(f"total_steps ({self.total_steps}) must be a multiple of "
-                              f"checkpoint_every ({self.checkpoint_every})")
 
 
 def read_model_config(model_dir: os.PathLike) -> dict:

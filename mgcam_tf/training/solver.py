@@ -76,7 +76,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "warmup_steps": self.warmup_steps, "warmup_factor": self.warmup_factor}
 
 
-def learning_rate(config: SolverConfig, total_steps: int
+def learning_rate(config: SolverConfig, total_steps: int | None
                   ) -> keras.optimizers.schedules.LearningRateSchedule:
     """The schedule `config` asks for; the paper's (step, no warmup) is Keras' own staircase."""
     if config.lr_schedule == "step" and not config.warmup_steps:
@@ -93,10 +93,8 @@ def build_optimizer(config: SolverConfig, total_steps: int | None = None
     total_steps: the run's length, which cosine decay and the warmup check
     need (None: the paper's step schedule only).
     """
-    if total_steps is None:
-        if config.lr_schedule != "step" or config.warmup_steps:
-            raise ConfigError("a cosine or warmup schedule needs the run's total_steps")
-        total_steps = max(config.warmup_steps + 1, 1)
+    if total_steps is None and (config.lr_schedule != "step" or config.warmup_steps):
+        raise ConfigError("a cosine or warmup schedule needs the run's total_steps")
     lr = learning_rate(config, total_steps)
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum)

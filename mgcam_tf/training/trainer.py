@@ -160,8 +160,7 @@ def training_batches(config: ExperimentConfig, train_split, replicas: int) -> tf
     if data.batch_size % unit:
         raise ConfigError(f"batch_size {data.batch_size} must split evenly over "
                           f"{replicas} replica(s)" + (" in whole pairs" if stage2 else ""))
-    cache = {"": None, "memory": True}.get(data.cache, data.cache)
-    common = dict(seed=seed, cache=cache, mirror=config.augmentation.mirror,
+    common = dict(seed=seed, cache=data.cache, mirror=config.augmentation.mirror,
                   augmentation=config.augmentation)
     if stage2:
         return pipeline.pair_dataset(train_split, data.batch_size // 2,
@@ -200,13 +199,8 @@ def train_experiment(config: ExperimentConfig, model_dir: os.PathLike, *,
     # What ran: the precision `auto` chose.
     recorded = config.override({"mixed_precision": mixed})
     more = list(extra_callbacks(strategy, dataset)) if extra_callbacks else []
-    run = run_dir.RunConfig(total_steps=config.schedule.total_steps,
-                            checkpoint_every=config.schedule.checkpoint_every,
-                            log_every=config.schedule.log_every,
-                            image_every=config.schedule.image_every,
-                            max_checkpoints=config.schedule.max_checkpoints)
     model = train(model_dir, batches, config.model.serialized(num_ids), config.optimizer,
-                  config.objective(), run, strategy=strategy,
+                  config.objective(), config.schedule, strategy=strategy,
                   synchronized_bn=config.runtime.sync_bn,
                   init_from=init_from_dir or config.schedule.init_from or None,
                   settings=recorded.flat(), experiment=recorded.to_dict(),
