@@ -88,3 +88,58 @@ def test_dilated_stage_trains_without_onednn():
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "True"
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fast_ibn_stage_matches_keras_layers(training):
+    """The IBN stage's fused path (instance norm by moments, the batch-norm half as
+    FusedBatchNormV3) computes what Keras' GroupNormalization + BatchNormalization
+    compute, and updates the same moving statistics."""
+    from keras import layers as keras_layers
+
+    x = tf.constant(np.random.RandomState(1).randn(4, 20, 8, 16).astype("float32") * 2 + 1)
+    layer = MultiScaleContext(filters=8, ibn=True)
+    layer.build(x.shape)
+    rng = np.random.RandomState(2)
+    for inorm in layer.instance_norms:
+        inorm.gamma.assign(rng.uniform(0.5, 1.5, 4).astype("float32"))
+        inorm.beta.assign(rng.uniform(-0.5, 0.5, 4).astype("float32"))
+    for norm in layer.norms:
+        norm.moving_mean.assign(np.linspace(-0.5, 0.5, 4).astype("float32"))
+        norm.moving_variance.assign(np.linspace(0.5, 2.0, 4).astype("float32"))
+    reference = []
+    for conv, norm, inorm in zip(layer.convs, layer.norms, layer.instance_norms):
+        c = xavier_conv(8, 3, conv.dilation_rate[0])
+        n = caffe_batch_norm()
+        g = keras_layers.GroupNormalization(groups=4, epsilon=inorm.epsilon)
+        c.build(x.shape)
+        n.build((*c.compute_output_shape(x.shape)[:-1], 4))
+        g.build((*c.compute_output_shape(x.shape)[:-1], 4))
+        c.set_weights(conv.get_weights())
+        n.set_weights(norm.get_weights())
+        g.set_weights(inorm.get_weights())
+        reference.append((c, n, g))
+
+    def loss_of(y):
+        return tf.reduce_sum(y * tf.sin(tf.range(y.shape[-1], dtype=y.dtype)))
+
+    with tf.GradientTape() as tape:
+        parts = []
+        for c, n, g in reference:
+            y = c(x)
+            parts += [g(y[..., :4]), n(y[..., 4:], training=training)]
+        expected = tf.nn.relu(tf.concat(parts, -1))
+        expected_loss = loss_of(expected)
+    expected_grads = tape.gradient(
+        expected_loss, [c.kernel for c, _, _ in reference] + [g.gamma for _, _, g in reference])
+    with tf.GradientTape() as tape:
+        y = layer(x, training=training)
+        loss = loss_of(y)
+    grads = tape.gradient(
+        loss, [c.kernel for c in layer.convs] + [g.gamma for g in layer.instance_norms])
+    np.testing.assert_allclose(y.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
+    for g, e in zip(grads, expected_grads):
+        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-3, atol=1e-3)
+    for norm, (_, n, _) in zip(layer.norms, reference):
+        for s, e in zip(norm.get_weights(), n.get_weights()):
+            np.testing.assert_allclose(s, e, rtol=1e-5, atol=1e-6)
