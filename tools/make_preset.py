@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     parser.add_argument("--command", required=True, help="the command that trained it")
     parser.add_argument("--description", default="MGCAM-Siamese, RGB-M input")
     parser.add_argument("--terms", default=CUHK03_TERMS)
+    parser.add_argument("--note", default="",
+                        help="what a user must know about the figures (e.g. that they are "
+                             "in-sample because the preset trained on --data_dir's test ids)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -68,6 +71,8 @@ def main(argv=None) -> int:
             "evaluation_ap": "official", "evaluation": figures,
             "made": datetime.date.today().isoformat(), "commit": commit,
             "feature_dim": int(np.asarray(split["query"].features).shape[1])}
+    if args.note:
+        info["note"] = args.note
     target = REPO / "mgcam_tf" / "presets" / args.name
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{args.name}.") as tmp:
         tmp = pathlib.Path(tmp) / args.name

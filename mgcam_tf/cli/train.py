@@ -37,6 +37,9 @@ _HELP = {
     "extra_train_dirs": "Comma-separated folders whose training splits are trained on too "
                         "(the same images in other boxes share ids; other data sets get "
                         "new ids).",
+    "train_on_test_ids": "Train on the query and gallery people too (their ids after the "
+                         "training ids), in every data folder: for a model to ship, whose "
+                         "figures on these folders are then in-sample.",
     "layout": "Layout of --data_dir (mgcam_tf.data.layouts.LAYOUT_READERS).",
     "missing_masks": "What to do with images that have no mask.",
     "cache": "Cache decoded, resized samples: '' (or none/off: no cache), 'memory', or a "

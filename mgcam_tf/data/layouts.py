@@ -109,6 +109,36 @@ def merge_train_splits(splits: Sequence[Split]) -> tuple[Split, int]:
     return merged, next_id
 
 
+def split_with_test_ids(dataset: "ReidDataset") -> tuple[Split, int]:
+    """The training split plus every query and gallery image of a person, and its
+    number of ids: the data for a final model that is shipped, not evaluated here.
+
+    Test ids (their original ids; junk -1 and distractors 0 left out, as in
+    training) are relabelled densely after the training ids, in order of the
+    original id: a data set's training and test ids are different people.
+    Figures of a model trained on this split are in-sample on this data set.
+    """
+    parts = [s for s in (dataset.query, dataset.gallery) if len(s)]
+    test_pids = np.concatenate([np.asarray(s.pids, np.int64) for s in parts]) \
+        if parts else np.zeros([0], np.int64)
+    people = np.unique(test_pids[test_pids > 0])
+    dense = {int(p): dataset.num_train_ids + i for i, p in enumerate(people)}
+    splits, pids = [dataset.train], [np.asarray(dataset.train.pids, np.int64)]
+    for split in parts:
+        keep = np.flatnonzero(np.asarray(split.pids) > 0)
+        splits.append(Split(
+            image_paths=tuple(split.image_paths[i] for i in keep),
+            mask_paths=tuple(split.mask_paths[i] for i in keep),
+            pids=np.asarray(split.pids)[keep], camids=np.asarray(split.camids)[keep]))
+        pids.append(np.array([dense[int(p)] for p in splits[-1].pids], np.int64))
+    merged = Split(
+        image_paths=tuple(p for s in splits for p in s.image_paths),
+        mask_paths=tuple(m for s in splits for m in s.mask_paths),
+        pids=np.concatenate(pids),
+        camids=np.concatenate([np.asarray(s.camids, np.int64) for s in splits]))
+    return merged, dataset.num_train_ids + len(people)
+
+
 @dataclasses.dataclass(frozen=True)
 class ReidDataset:
     """A data set: train / query / gallery splits.

@@ -73,13 +73,17 @@ def export_preset(name: str, export_base=None, **export_args):
     import hashlib
 
     from mgcam_tf.errors import DataError
-    from mgcam_tf.segmentation import model_file
+    from mgcam_tf.segmentation import choice, model_file
     from mgcam_tf.serving import export
 
     folder = preset_dir(name)
+    # The image-only signatures' mask network: --segmenter's choice where the caller
+    # gives one, else $MGCAM_SEGMENTER's, else the default (segmentation.choice).
+    segmenter = choice.resolve(export_args.pop("segmenter", None))
     if export_base is None:
-        # Keyed by the weights, so an upgraded preset is exported anew.
-        digest = hashlib.sha256()
+        # Keyed by the weights and the mask network, so an upgraded preset, or another
+        # segmenter, is exported anew.
+        digest = hashlib.sha256(segmenter.encode())
         for index in sorted((folder / "checkpoints").glob("*.index")):
             digest.update(index.read_bytes())
         export_base = model_file.default_cache_dir() / "presets" / f"{name}-{digest.hexdigest()[:12]}"
@@ -89,9 +93,14 @@ def export_preset(name: str, export_base=None, **export_args):
             except ConfigError:
                 pass
     if "mask_model_path" not in export_args:
-        try:  # the mask in the graph when the BlazePose file can be had
-            export_args["mask_model_path"] = model_file.resolve_model_path()
-        except (ConfigError, DataError):
-            export_args["mask_model_path"] = None
+        if segmenter == choice.DISTILLED:
+            from mgcam_tf.segmentation import distilled
+
+            export_args["mask_model_path"] = distilled.shipped_weights_path()
+        else:
+            try:  # the mask in the graph when the BlazePose file can be had
+                export_args["mask_model_path"] = model_file.resolve_model_path()
+            except (ConfigError, DataError):
+                export_args["mask_model_path"] = None
     export_args.setdefault("metadata", {"preset": preset_info(name)})
-    return export.export_model_dir(folder, export_base, **export_args)
+    return export.export_model_dir(folder, export_base, segmenter=segmenter, **export_args)

@@ -31,16 +31,21 @@ class FeatureExtractor:
       saved_model: an export of mgcam-export (a version or the base folder).
 
     batch_size: images per forward pass.
-    mask_model_path: the BlazePose-full `.tflite` for images given without
-      a mask (default: `resolve_model_path`'s search). An export with the mask
-      model in its graph makes masks itself for image files.
+    mask_model_path: the mask network's file for images given without a mask
+      (BlazePose-full's `.tflite`, default `resolve_model_path`'s search; or
+      the distilled network's weights). An export with the mask model in its
+      graph makes masks itself for image files.
+    segmenter: "blazepose" or "distilled" (`mgcam_tf.segmentation.choice`);
+      None: the one mask_model_path is the model of, else $MGCAM_SEGMENTER's,
+      else the default.
 
     Raises ConfigError for a missing or ambiguous model source.
     """
 
     def __init__(self, preset: Optional[str] = None, model_dir: Optional[os.PathLike] = None,
                  saved_model: Optional[os.PathLike] = None, batch_size: int = 64,
-                 mask_model_path: Optional[os.PathLike] = None):
+                 mask_model_path: Optional[os.PathLike] = None,
+                 segmenter: Optional[str] = None):
         given = [n for n, v in (("preset", preset), ("model_dir", model_dir),
                                 ("saved_model", saved_model)) if v]
         if len(given) != 1:
@@ -50,6 +55,7 @@ class FeatureExtractor:
             raise ConfigError(f"FeatureExtractor: batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.mask_model_path = mask_model_path
+        self.segmenter = segmenter
         self._segmenter = None
         self._embedder = None   # SavedModelEmbedder
         self._network = None    # a Keras MGCAM / MSCANBody
@@ -130,10 +136,9 @@ class FeatureExtractor:
 
     def _segment(self, pixels: np.ndarray) -> np.ndarray:
         if self._segmenter is None:
-            from mgcam_tf.segmentation.model_file import resolve_model_path
-            from mgcam_tf.segmentation.segmenter import BodySegmenter
+            from mgcam_tf.segmentation import choice
 
-            self._segmenter = BodySegmenter(str(resolve_model_path(self.mask_model_path)))
+            self._segmenter = choice.crop_segmenter(self.segmenter, self.mask_model_path)
         return self._segmenter(pixels)
 
     def _embed(self, rgbm) -> np.ndarray:

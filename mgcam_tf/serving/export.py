@@ -312,7 +312,8 @@ def export_model_dir(model_dir: os.PathLike, export_base: os.PathLike,
                      metadata: Optional[dict] = None,
                      mask_model_path: Optional[os.PathLike] = None,
                      limits: Optional[ServingLimits] = None,
-                     flip_average: bool = False) -> pathlib.Path:
+                     flip_average: bool = False,
+                     segmenter: Optional[str] = None) -> pathlib.Path:
     """Exports the latest checkpoint of a training run (see `export_saved_model`).
 
     Raises:
@@ -325,7 +326,7 @@ def export_model_dir(model_dir: os.PathLike, export_base: os.PathLike,
             "model": run_dir.read_model_config(model_dir), **(metadata or {})}
     return export_saved_model(model, export_base, version, metadata=info,
                               mask_model_path=mask_model_path, limits=limits,
-                              flip_average=flip_average)
+                              flip_average=flip_average, segmenter=segmenter)
 
 
 def export_fingerprint(version_dir: os.PathLike) -> str:

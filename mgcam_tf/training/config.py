@@ -126,11 +126,14 @@ class DataConfig:
     training splits are trained on too. A folder holding the same training
     files as another (the same images in other boxes, such as CUHK03's
     detected and labelled boxes) shares its ids; any other folder's ids are
-    new ones (`data.layouts.merge_train_splits`).
+    new ones (`data.layouts.merge_train_splits`). train_on_test_ids: train on
+    each folder's query and gallery people too (`data.layouts.split_with_test_ids`):
+    for a model to ship, whose figures on these folders are then in-sample.
     """
 
     data_dir: str = ""
     extra_train_dirs: tuple[str, ...] = ()
+    train_on_test_ids: bool = False
     layout: str = "auto"
     missing_masks: str = "error"
     cache: str = ""
@@ -159,6 +162,9 @@ class DataConfig:
                 raise ConfigError(f"extra_train_dirs: {folder} is listed twice "
                                   f"(as {seen[key]} too)")
             seen[key] = folder
+        if self.train_on_test_ids and not self.data_dir:
+            raise ConfigError("train_on_test_ids needs a data_dir (the built-in data set "
+                              "is for trying the package out)")
         if self.extra_train_dirs and not self.data_dir:
             raise ConfigError("extra_train_dirs needs a data_dir (the built-in data set has "
                               "nothing to merge with)")

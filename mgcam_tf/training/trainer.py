@@ -140,11 +140,17 @@ def training_data(config: ExperimentConfig, model_dir: os.PathLike):
         seed=config.runtime.seed))
     dataset = layouts.load_dataset(data_dir, layout=data.layout,
                                    missing_masks=data.missing_masks)
-    train_split = dataset.require_train("mgcam-train")
-    num_ids = dataset.num_train_ids
+    def split_of(folder_data, purpose):
+        if data.train_on_test_ids:
+            folder_data.require_train(purpose)
+            return layouts.split_with_test_ids(folder_data)
+        return folder_data.require_train(purpose), folder_data.num_train_ids
+
+    train_split, num_ids = split_of(dataset, "mgcam-train")
     if data.extra_train_dirs:
-        extra = [layouts.load_dataset(d, layout="auto", missing_masks=data.missing_masks)
-                 .require_train("extra_train_dirs") for d in data.extra_train_dirs]
+        extra = [split_of(layouts.load_dataset(d, layout="auto",
+                                               missing_masks=data.missing_masks),
+                          "extra_train_dirs")[0] for d in data.extra_train_dirs]
         train_split, num_ids = layouts.merge_train_splits([train_split, *extra])
     return dataset, train_split, num_ids
 

@@ -367,3 +367,23 @@ def test_merged_training_folders_share_ids_only_when_they_hold_the_same_files():
     assert num_ids == 4
     assert list(merged.pids) == [0, 0, 1, 1, 0, 0, 2, 3]
     assert merged.image_paths[3] == "labeled/c.jpg" and len(merged) == 8
+
+
+def test_split_with_test_ids_adds_query_and_gallery_people_after_the_training_ids(tmp_path):
+    from mgcam_tf.data.layouts import merge_train_splits, split_with_test_ids
+
+    _market_like(tmp_path / "detected", _MARKET_NAMES)
+    _market_like(tmp_path / "labeled", _MARKET_NAMES)
+    ds = load_dataset(tmp_path / "detected")
+    split, num_ids = split_with_test_ids(ds)
+    # 2 training ids, then test people 0001 -> 2 and 0003 -> 3; junk and distractors out.
+    assert num_ids == 4 and len(split) == 3 + 2 + 3
+    names = {os.path.basename(p): int(i) for p, i in zip(split.image_paths, split.pids)}
+    assert names["0001_c1s1_001051_00.jpg"] == names["0001_c2s1_000301_01.jpg"] == 2
+    assert names["0003_c3s1_000476_01.jpg"] == 3
+    assert "-1_c1s1_000401_03.jpg" not in names and "0000_c1s1_000151_01.jpg" not in names
+    assert all(m.endswith(".png") and "_seg" in m for m in split.mask_paths)
+    # The same images in other boxes still share every id, test people included.
+    twin, _ = split_with_test_ids(load_dataset(tmp_path / "labeled"))
+    merged, merged_ids = merge_train_splits([split, twin])
+    assert merged_ids == 4 and list(merged.pids[:8]) == list(merged.pids[8:])

@@ -54,3 +54,28 @@ def test_preset_reaches_its_stated_figures(shared_data):
         assert result.rank(1) == pytest.approx(want["rank1"], abs=2e-3), protocol
         assert result.mAP == pytest.approx(want["mAP"], abs=2e-3), protocol
     assert json.loads(json.dumps(info))  # plain JSON
+
+
+def test_preset_export_follows_the_segmenter_choice(tmp_path, monkeypatch):
+    """$MGCAM_SEGMENTER (or segmenter=) picks the image-only signatures' mask network of
+    the preset's cached export, and each choice has its own cache folder."""
+    from mgcam_tf.segmentation import distilled
+    from mgcam_tf.serving import export
+
+    calls = []
+
+    def fake_export(folder, export_base, **args):
+        calls.append((pathlib.Path(export_base), args))
+        return pathlib.Path(export_base) / "1"
+
+    monkeypatch.setenv("MGCAM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(export, "export_model_dir", fake_export)
+    monkeypatch.setenv("MGCAM_SEGMENTER", "distilled")
+    presets.export_preset(NAME)
+    monkeypatch.delenv("MGCAM_SEGMENTER")
+    presets.export_preset(NAME, segmenter="distilled")
+    presets.export_preset(NAME, segmenter="blazepose", mask_model_path=None)
+    (base_env, args_env), (base_arg, args_arg), (base_blaze, args_blaze) = calls
+    assert args_env["segmenter"] == args_arg["segmenter"] == "distilled"
+    assert args_env["mask_model_path"] == distilled.shipped_weights_path()
+    assert base_env == base_arg != base_blaze and args_blaze["segmenter"] == "blazepose"

@@ -63,6 +63,22 @@ def test_files_without_masks_get_the_mask_models_masks(extractor, shared_data, m
     np.testing.assert_allclose(features, local(pixels, masks=made), atol=1e-5)
 
 
+def test_the_distilled_segmenter_makes_the_masks_when_chosen(shared_data, monkeypatch):
+    from mgcam_tf.data.preprocess import decode_image
+    from mgcam_tf.segmentation.distilled import DistilledSegmenter
+
+    query = shared_data / "cuhk03_pair1" / "query"
+    paths = sorted(str(p) for p in query.glob("*.jpg"))[:2]
+    pixels = [decode_image(tf.io.read_file(p)).numpy() for p in paths]
+    made = [DistilledSegmenter()(p) for p in pixels]
+    chosen = FeatureExtractor(preset=PRESET, segmenter="distilled")
+    np.testing.assert_allclose(chosen(paths), chosen(pixels, masks=made), atol=1e-5)
+    monkeypatch.setenv("MGCAM_SEGMENTER", "distilled")   # no BlazePose file needed either
+    monkeypatch.setenv("MGCAM_MASK_MODEL", "/nonexistent/pose_landmark_full.tflite")
+    np.testing.assert_allclose(FeatureExtractor(preset=PRESET)(paths),
+                               chosen(pixels, masks=made), atol=1e-5)
+
+
 def test_bad_calls_say_what_is_wrong(extractor, tmp_path):
     with pytest.raises(ConfigError, match="exactly one of"):
         FeatureExtractor(preset=PRESET, model_dir=str(tmp_path))

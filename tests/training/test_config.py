@@ -90,6 +90,22 @@ def test_cross_field_rules():
         base.override({"warmup_steps": 75000})
     with pytest.raises(ConfigError, match="listed twice"):
         base.override({"data_dir": "/a", "extra_train_dirs": ("/b", "/a/")})
+    with pytest.raises(ConfigError, match="train_on_test_ids needs a data_dir"):
+        base.override({"train_on_test_ids": True})
+
+
+def test_train_on_test_ids_trains_on_every_person_of_each_folder(shared_data, tmp_path):
+    from mgcam_tf.training.trainer import training_data
+
+    data = str(shared_data / "market1501_mini")
+    plain = experiments.get_experiment("paper_stage1").override({"data_dir": data})
+    dataset, split, num_ids = training_data(plain, tmp_path)
+    everyone = plain.override({"train_on_test_ids": True})
+    _, all_split, all_ids = training_data(everyone, tmp_path)
+    people = {int(p) for s in (dataset.query, dataset.gallery) for p in s.pids if p > 0}
+    assert all_ids == num_ids + len(people)
+    assert len(all_split) == len(split) + sum(
+        int((s.pids > 0).sum()) for s in (dataset.query, dataset.gallery))
 
 
 def test_each_results_flagfile_is_its_named_experiment():
