@@ -70,7 +70,9 @@ evaluate() {
     [ -d "$data" ] || continue
     for protocol in single_query all_queries; do
       [ "$name" != cuhk03_pair1 ] && [ "$protocol" = all_queries ] && continue
+      # The dev split's file has the paper rows' name, so the two compare in one table.
       local out="$dir/eval_${name}_euclidean_$protocol.json"
+      [ "$name" = cuhk03_pair1 ] && out="$dir/eval_euclidean_$protocol.json"
       [ -f "$out" ] && continue
       "$PY" tools/evaluate.py --model_dir="$dir" --data_dir="$data" --metric=euclidean \
         --protocol="$protocol" --per_query --progress=false --json_out="$out"

@@ -67,13 +67,15 @@ CHECKS = (("_float32", "float32", ("mgcam_rgbm", "mgcam_siamese_rgbm")),
 
 
 def seed_dirs(runs_dir: str, row: str, suffix: str = "") -> dict[int, str]:
-    """{seed: folder} of the row's runs (`<row>_s<seed><suffix>`)."""
+    """{seed: folder} of the row's runs (`<row>_s<seed><suffix>`). runs_dir may name
+    several folders, comma-separated; where two hold the same run, the first wins."""
     found = {}
-    for path in glob.glob(os.path.join(runs_dir, f"{row}_s*")):
-        m = re.fullmatch(re.escape(row) + r"_s(\d+)" + re.escape(suffix),
-                         os.path.basename(path))
-        if m and os.path.isdir(path):
-            found[int(m.group(1))] = path
+    for folder in reversed(runs_dir.split(",")):
+        for path in glob.glob(os.path.join(folder, f"{row}_s*")):
+            m = re.fullmatch(re.escape(row) + r"_s(\d+)" + re.escape(suffix),
+                             os.path.basename(path))
+            if m and os.path.isdir(path):
+                found[int(m.group(1))] = path
     return dict(sorted(found.items()))
 
 
@@ -416,15 +418,22 @@ def main(argv=None) -> int:
     parser.add_argument("--results_md", default="", help="also replace the text between "
                         "the '<!-- results_table.md begin/end -->' markers of this file")
     parser.add_argument("--rows", default="", help="comma-separated rows (folders "
-                        "<row>_s<seed>) to tabulate instead of the six of the table")
+                        "<row>_s<seed>) to tabulate instead of the six of the table, each "
+                        "compared with the row before it (an ablation's steps)")
+    parser.add_argument("--metrics", default="", help="comma-separated evaluations to "
+                        "tabulate (eval_<metric>_<protocol>.json; default the five metrics)")
     args = parser.parse_args(argv)
 
-    rows = ROWS
+    rows, comparisons, metrics = ROWS, COMPARISONS, METRICS
     if args.rows:
         rows = [(name, name) for name in args.rows.split(",") if name]
-    results = read_results(args.runs_dir, rows)
+        comparisons = [(f"{b} vs {a}", a, b) for (a, _), (b, _) in zip(rows, rows[1:])]
+    if args.metrics:
+        metrics = [(name, name) for name in args.metrics.split(",") if name]
+    results = read_results(args.runs_dir, rows, metrics)
     check = checks_markdown(args.runs_dir, results) if not args.rows else ""
-    text = (table_markdown(results, rows) + "\n" + intervals_markdown(results)
+    text = (table_markdown(results, rows, metrics)
+            + "\n" + intervals_markdown(results, comparisons=comparisons)
             + (f"\nSeed 0 trained again (b: the table's run, a: the check run):\n\n{check}"
                if check else "")
             + "\n" + (training_times(args.runs_dir, rows) if args.figures else ""))

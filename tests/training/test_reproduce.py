@@ -107,6 +107,29 @@ def test_results_table_custom_rows(tmp_path):
     assert lines[5].startswith("| try_b | - |")
 
 
+def test_results_table_ablation_rows_from_several_folders(tmp_path):
+    """--rows compares each row with the row before; --runs_dir may list folders (the paper
+    rows' records beside the recipe's); --metrics picks the evaluations to tabulate."""
+    paper, recipe = tmp_path / "paper", tmp_path / "recipe"
+    for folder, row, first in ((paper, "mgcam_rgbm", [1, 1, 0, 2]),
+                               (recipe, "recipe_1_optimizer", [0, 1, 0, 2]),
+                               (recipe, "recipe_mgcam_rgbm", [0, 0, 0, 2])):
+        (folder / f"{row}_s0").mkdir(parents=True)
+        _eval_json(folder / f"{row}_s0" / "eval_euclidean_single_query.json", 0.5, 0.4,
+                   first, [1.0, 0.5, 1.0, 0.3])
+        _eval_json(folder / f"{row}_s0" / "eval_mars_mini_euclidean_single_query.json", 0.2,
+                   0.1, first, [1.0, 0.5, 1.0, 0.3])
+    assert results_table.main([f"--runs_dir={recipe},{paper}", f"--out_dir={tmp_path}",
+                               "--no-figures", "--metrics=euclidean,mars_mini_euclidean",
+                               "--rows=mgcam_rgbm,recipe_1_optimizer,recipe_mgcam_rgbm"]) == 0
+    text = (tmp_path / "results_table.md").read_text()
+    assert "| mgcam_rgbm | 50.00 / 40.00 (1) | 20.00 / 10.00 (1) |" in text
+    row = next(line for line in text.splitlines()
+               if line.startswith("| recipe_1_optimizer vs mgcam_rgbm | single"))
+    assert "| 0 | +25.00 [" in row                 # query 0 becomes a hit
+    assert "| recipe_mgcam_rgbm vs recipe_1_optimizer | single_query | 0 | +25.00 [" in text
+
+
 def _fake_run(folder: pathlib.Path, init_from: str = "", stage: str = "1"):
     """A run folder as mgcam-train and tools/reproduce.sh leave it (no checkpoints)."""
     import tensorflow as tf
