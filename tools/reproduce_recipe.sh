@@ -18,15 +18,32 @@ RUNS=${RUNS:-runs/recipe}
 RECORDS=${RECORDS:-docs/results/cuhk03_pair1_recipe}
 PHASE=${PHASE:-all}
 SHARED=../shared/data
-# The full recipe first (the answer the ablation is read against), then MSCAN-body under
-# it, then the ablation's steps, then second seeds.
-QUEUE=${QUEUE:-"cuhk03_pair1_recipe_mgcam_rgbm:0 cuhk03_pair1_recipe_mscan_rgbm:0
+# The full recipe first (the answer the ablation is read against), then the Siamese row's
+# control (short), then MSCAN-body under the recipe, then the ablation's steps, then
+# second seeds.
+QUEUE=${QUEUE:-"cuhk03_pair1_recipe_mgcam_rgbm:0 cuhk03_pair1_mgcam_rgbm:0
+  cuhk03_pair1_mgcam_siamese_rgbm:0 cuhk03_pair1_mgcam_continued_rgbm:0
+  cuhk03_pair1_recipe_mscan_rgbm:0
   cuhk03_pair1_recipe_1_optimizer:0 cuhk03_pair1_recipe_2_batch_hard:0
   cuhk03_pair1_recipe_3_label_smoothing:0 cuhk03_pair1_recipe_4_erasing:0
   cuhk03_pair1_recipe_5_bnneck:0 cuhk03_pair1_recipe_labeled_mgcam_rgbm:0
   cuhk03_pair1_recipe_mgcam_rgbm:1 cuhk03_pair1_recipe_mscan_rgbm:1"}
 
-folder() { local exp=$1 seed=$2; echo "$RUNS/${exp#cuhk03_pair1_}_s$seed"; }
+# The Siamese row's control (docs/RESULTS.md): a paper stage-1 run, then from its weights
+# the Siamese stage 2 and stage 1 continued without the Siamese loss, for the same 1,000
+# iterations each; folders control_<row>_s<seed>, apart from the paper rows' records.
+CONTROL="cuhk03_pair1_mgcam_rgbm cuhk03_pair1_mgcam_siamese_rgbm cuhk03_pair1_mgcam_continued_rgbm"
+folder() {
+  local exp=$1 seed=$2 prefix=
+  case " $CONTROL " in *" $exp "*) prefix=control_ ;; esac
+  echo "$RUNS/$prefix${exp#cuhk03_pair1_}_s$seed"
+}
+init_from() {  # the control's second stage starts from its stage-1 run
+  case $1 in
+    cuhk03_pair1_mgcam_siamese_rgbm|cuhk03_pair1_mgcam_continued_rgbm)
+      echo "--init_from=$(folder cuhk03_pair1_mgcam_rgbm "$2")" ;;
+  esac
+}
 
 if [ "$PHASE" = preset ]; then
   # The shipped preset: the whole recipe on all 743 people of camera pair 1, detected and
@@ -54,8 +71,9 @@ if [ "$PHASE" != evaluate ]; then
   for item in $QUEUE; do
     exp=${item%%:*}; seed=${item##*:}
     echo "=== train $exp seed $seed $(date +%T)"
+    # shellcheck disable=SC2046  # one flag or none
     "$PY" tools/train.py --experiment="$exp" --seed="$seed" --model_dir="$(folder "$exp" "$seed")" \
-      --progress=false </dev/null
+      --progress=false $(init_from "$exp" "$seed") </dev/null
   done
 fi
 [ "$PHASE" = train ] && { echo "=== trained $(date +%T)"; exit 0; }

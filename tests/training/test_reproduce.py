@@ -221,3 +221,53 @@ def test_check_runs_read_the_float32_and_repeat_runs(tmp_path):
     line = by_check["trained again"]
     assert "| mixed_bfloat16 → mixed_bfloat16 | +0.00 [" in line, line
     assert "| mgcam_siamese_rgbm | float32 | all_queries | - | not run yet |" in text
+
+
+def _fake_python(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """A stand-in for $PYTHON that logs each command line and succeeds."""
+    log = tmp_path / "calls.log"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+    return fake, log
+
+
+def test_reproduce_recipe_queue_folders_and_the_controls_init_from(tmp_path):
+    import os
+    import subprocess
+
+    fake, log = _fake_python(tmp_path)
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    queue = ("cuhk03_pair1_mgcam_rgbm:0 cuhk03_pair1_mgcam_continued_rgbm:0 "
+             "cuhk03_pair1_mgcam_siamese_rgbm:0 cuhk03_pair1_recipe_mgcam_rgbm:1")
+    env = {**os.environ, "PYTHON": str(fake), "RUNS": str(tmp_path / "runs"),
+           "QUEUE": queue, "PHASE": "train"}
+    proc = subprocess.run(["bash", str(repo / "tools" / "reproduce_recipe.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines()
+    runs = tmp_path / "runs"
+    assert len(calls) == 4
+    assert f"--model_dir={runs}/control_mgcam_rgbm_s0" in calls[0] and "init_from" not in calls[0]
+    for call, row in zip(calls[1:3], ("mgcam_continued_rgbm", "mgcam_siamese_rgbm")):
+        assert f"--model_dir={runs}/control_{row}_s0" in call
+        assert call.endswith(f"--init_from={runs}/control_mgcam_rgbm_s0")
+    assert f"--model_dir={runs}/recipe_mgcam_rgbm_s1" in calls[3] and "--seed=1" in calls[3]
+    assert "init_from" not in calls[3]
+
+
+def test_reproduce_recipe_preset_phase_trains_then_makes_the_preset(tmp_path):
+    import os
+    import subprocess
+
+    fake, log = _fake_python(tmp_path)
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHON": str(fake), "RUNS": str(tmp_path / "runs"),
+           "RECORDS": str(tmp_path / "records"), "PHASE": "preset"}
+    proc = subprocess.run(["bash", str(repo / "tools" / "reproduce_recipe.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines()
+    assert "--flagfile=flags/cuhk03_pair1_recipe_preset.flags" in calls[0]
+    assert calls[1].startswith("tools/make_preset.py") and \
+        "--name=mgcam_recipe_cuhk03" in calls[1] and "In-sample" in calls[1]
