@@ -96,6 +96,18 @@ evaluate() {
         --protocol="$protocol" --per_query --progress=false --json_out="$out"
     done
   done
+  # A BNNeck run: its other test-time feature too (issue: measure which retrieves better).
+  if grep -q '"bnneck": true' "$dir/config.json"; then
+    local other=bnneck
+    grep -q '"retrieval_feature": "bnneck"' "$dir/config.json" && other=h
+    for protocol in single_query all_queries; do
+      local out="$dir/eval_${other}_feature_euclidean_$protocol.json"
+      [ -f "$out" ] && continue
+      "$PY" tools/evaluate.py --model_dir="$dir" --data_dir=$SHARED/cuhk03_pair1 \
+        --retrieval_feature=$other --metric=euclidean --protocol="$protocol" --per_query \
+        --progress=false --json_out="$out"
+    done
+  fi
 }
 finished() {  # run folder: its last checkpoint is at the total_steps it was started with
   "$PY" - "$1" <<'PY'

@@ -61,6 +61,9 @@ flags.DEFINE_enum("missing_masks", "error", ["error", "generate", "full_body", "
 flags.DEFINE_integer("batch_size", 256, "Images per forward pass.")
 flags.DEFINE_bool("flip_average", False, "Average the features of each image and its mirror "
                   "(off in the paper).")
+flags.DEFINE_enum("retrieval_feature", "", ["", "h", "bnneck"],
+                  "--model_dir/--preset: the test-time feature in place of the model's own "
+                  "(a BNNeck model's h or its normalised copy); empty: the model's.")
 flags.DEFINE_string("save_features", "", "Write the extracted features to this .npz.")
 # -- distance and protocol ------------------------------------------------------------
 flags.DEFINE_string("metric", "xqda+rerank",
@@ -173,7 +176,12 @@ def check_fingerprint(data: dict) -> None:
 def _load_model():
     if FLAGS.model_dir or FLAGS.preset:
         from mgcam_tf.training import run_dir
-        return run_dir.load_trained_model(model_dir_or_preset())
+        return run_dir.load_trained_model(model_dir_or_preset(),
+                                          retrieval_feature=FLAGS.retrieval_feature or None)
+    if FLAGS.retrieval_feature:
+        from mgcam_tf.errors import ConfigError
+        raise ConfigError("--retrieval_feature applies to --model_dir and --preset: an export "
+                          "serves the feature it was exported with")
     from mgcam_tf.serving.loader import SavedModelEmbedder
     return SavedModelEmbedder(FLAGS.saved_model)
 

@@ -115,7 +115,8 @@ def checkpoint_step(path: str) -> int:
     return int(path.rsplit("-", 1)[1])
 
 
-def load_trained_model(model_dir: os.PathLike, *, allow_older: bool = True) -> models.MGCAM:
+def load_trained_model(model_dir: os.PathLike, *, allow_older: bool = True,
+                       retrieval_feature: str | None = None) -> models.MGCAM:
     """The model of a model directory with the weights of its latest checkpoint.
 
     Args:
@@ -123,8 +124,15 @@ def load_trained_model(model_dir: os.PathLike, *, allow_older: bool = True) -> m
         data file), restore the newest intact one with a warning naming the
         skipped one (evaluation); False: refuse (export, which must not
         export older weights silently).
+      retrieval_feature: "h" or "bnneck" in place of the run's own test-time
+        feature (a BNNeck model has both; which retrieves better is measured,
+        not assumed); None: the run's.
     """
-    model = models.model_from_config(read_model_config(model_dir))
+    config = read_model_config(model_dir)
+    if retrieval_feature:
+        config = {**config, "config": {**config["config"],
+                                       "retrieval_feature": retrieval_feature}}
+    model = models.model_from_config(config)
     manager = checkpoint_manager(model_dir, model)
     if manager.latest_checkpoint is None:
         raise ConfigError(f"{model_dir} holds no checkpoint yet: train it first")

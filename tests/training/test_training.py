@@ -132,6 +132,30 @@ def test_checkpoint_holds_every_weight(tmp_path, architecture):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
+def test_a_bnneck_run_evaluates_with_either_feature(tmp_path):
+    """load_trained_model(retrieval_feature=) (mgcam-eval --retrieval_feature): the same
+    weights, h or its BNNeck-normalised copy; a model without BNNeck refuses bnneck."""
+    from mgcam_tf.errors import ConfigError
+
+    config = models.model_config(3, bnneck=True)
+    saved = models.model_from_config(config)
+    rng = np.random.RandomState(6)
+    saved.set_weights([rng.randn(*w.shape).astype(w.dtype) for w in saved.get_weights()])
+    run_dir.prepare_model_dir(tmp_path, config, {})
+    run_dir.checkpoint_manager(tmp_path, saved).save()
+    rgbm = rng.randn(2, 160, 64, 4).astype("float32")
+    h = run_dir.load_trained_model(tmp_path).embed(rgbm).numpy()
+    neck = run_dir.load_trained_model(tmp_path, retrieval_feature="bnneck")
+    np.testing.assert_allclose(neck.embed(rgbm).numpy(),
+                               neck.full_stream.neck(h, training=False).numpy(), rtol=1e-4,
+                               atol=1e-5)
+    plain = tmp_path / "plain"
+    run_dir.prepare_model_dir(plain, models.model_config(3), {})
+    run_dir.checkpoint_manager(plain, models.model_from_config(models.model_config(3))).save()
+    with pytest.raises(ConfigError, match="needs bnneck"):
+        run_dir.load_trained_model(plain, retrieval_feature="bnneck")
+
+
 def test_periodic_evaluation_leaves_training_unchanged(tmp_path):
     script = REPO / "tests" / "scripts" / "eval_callback_run.py"
     # oneDNN's CPU kernels do not sum in a fixed order, so one seed trained twice parts
