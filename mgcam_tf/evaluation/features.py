@@ -52,8 +52,9 @@ def extract_features(model: Callable, dataset: Iterable, *, flip_average: bool =
     """h_full for every sample of `dataset`, in order.
 
     Args:
-      model: `model(x, training=False)` returning a dict with `h_full` [B, D]
-        (a Keras model of `mgcam_tf.modeling.models`), or any callable taking the
+      model: a Keras model of `mgcam_tf.modeling.models` (its `embed`), a
+        Keras model whose `model(x, training=False)` returns a dict with
+        `h_full` [B, D] or the tensor, or any callable taking the
         `{"rgbm": ...}` dict and returning such a dict or the [B, D] tensor.
       dataset: yields `x = {"rgbm": float32 [B, 160, 64, 4]}` (or `(x, y)`).
       flip_average: also run the mirrored images (rgbm flipped along the
@@ -67,7 +68,13 @@ def extract_features(model: Callable, dataset: Iterable, *, flip_average: bool =
     """
     import tensorflow as tf  # here: evaluating saved features needs no TensorFlow
 
-    if hasattr(model, "trainable_variables"):  # a Keras model or tf.Module
+    if hasattr(model, "embed") and hasattr(model, "trainable_variables"):
+        # This package's models: their test-time feature (h, or its BNNeck copy when the
+        # model retrieves with that), without the body and background streams.
+        @tf.function(reduce_retracing=True)
+        def forward(rgbm):
+            return model.embed(rgbm)
+    elif hasattr(model, "trainable_variables"):  # a Keras model or tf.Module
         # One traced graph for all batches: eager calls of a Keras model are slow.
         @tf.function(reduce_retracing=True)
         def forward(rgbm):

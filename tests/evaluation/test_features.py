@@ -73,3 +73,17 @@ def test_pool_tracklets_means_frames_in_first_appearance_order():
         fl.pool_tracklets(feats, np.array([5, 6, 3, 5, 3, 9]), cams, tracks)
     with pytest.raises(DataError, match="tracklets"):
         fl.pool_tracklets(feats, pids, cams, tracks[:3])
+
+
+def test_a_bnneck_model_is_evaluated_with_its_retrieval_feature():
+    """mgcam-eval's features are the model's test-time feature (`embed`), which for a
+    model trained with retrieval_feature='bnneck' is not the h_full its call returns."""
+    from mgcam_tf.modeling import models
+
+    model = models.build_model(5, bnneck=True, retrieval_feature="bnneck")
+    model.full_stream.neck.moving_mean.assign(np.linspace(-1, 1, 128).astype("float32"))
+    x = np.random.RandomState(3).randn(3, 160, 64, 4).astype(np.float32)
+    got = fl.extract_features(model, batches(x, 2))
+    np.testing.assert_allclose(got, model.embed(x).numpy(), atol=1e-4)
+    raw = model({"rgbm": x}, training=False)["h_full"].numpy()
+    assert not np.allclose(got, raw, atol=1e-2)
