@@ -81,16 +81,17 @@ fi
 # Each finished run: Euclidean single-query and all-queries on the dev split (per-query
 # scores for the paired intervals), the same on the hand-drawn boxes of the same images
 # (a small shift), and Market-1501 / MARS minis (other cameras; tiny: a sanity check).
-evaluate() {
-  local dir=$1 name data protocol
+evaluate() {  # model folder [where the JSONs go (default: the model folder)]
+  local dir=$1 into=${2:-$1} name data protocol
+  mkdir -p "$into"
   for name in cuhk03_pair1 cuhk03_pair1_labeled market1501_mini mars_mini; do
     data=$SHARED/$name
     [ -d "$data" ] || continue
     for protocol in single_query all_queries; do
       [ "$name" != cuhk03_pair1 ] && [ "$protocol" = all_queries ] && continue
       # The dev split's file has the paper rows' name, so the two compare in one table.
-      local out="$dir/eval_${name}_euclidean_$protocol.json"
-      [ "$name" = cuhk03_pair1 ] && out="$dir/eval_euclidean_$protocol.json"
+      local out="$into/eval_${name}_euclidean_$protocol.json"
+      [ "$name" = cuhk03_pair1 ] && out="$into/eval_euclidean_$protocol.json"
       [ -f "$out" ] && continue
       "$PY" tools/evaluate.py --model_dir="$dir" --data_dir="$data" --metric=euclidean \
         --protocol="$protocol" --per_query --progress=false --json_out="$out"
@@ -101,7 +102,7 @@ evaluate() {
     local other=bnneck
     grep -q '"retrieval_feature": "bnneck"' "$dir/config.json" && other=h
     for protocol in single_query all_queries; do
-      local out="$dir/eval_${other}_feature_euclidean_$protocol.json"
+      local out="$into/eval_${other}_feature_euclidean_$protocol.json"
       [ -f "$out" ] && continue
       "$PY" tools/evaluate.py --model_dir="$dir" --data_dir=$SHARED/cuhk03_pair1 \
         --retrieval_feature=$other --metric=euclidean --protocol="$protocol" --per_query \
@@ -120,6 +121,9 @@ steps = re.findall(r'model_checkpoint_path: "ckpt-(\d+)"', state.read_text()) if
 sys.exit(0 if steps and int(steps[0]) >= total else 1)
 PY
 }
+# The shipped preset (the paper's recipe), evaluated the same way, for the same tables.
+echo "=== evaluate the shipped preset $(date +%T)"
+evaluate mgcam_tf/presets/mgcam_siamese_cuhk03 "$RECORDS/shipped_preset_s0"
 for item in $QUEUE; do
   exp=${item%%:*}; seed=${item##*:}; dir=$(folder "$exp" "$seed")
   if ! { [ -d "$dir/checkpoints" ] && finished "$dir"; }; then
