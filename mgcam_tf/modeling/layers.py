@@ -131,8 +131,7 @@ def instance_norm(norm: layers.GroupNormalization, y):
 
     y: [B, H, W, C] -> [B, H, W, C] in y's dtype. Statistics per image and
     channel over H and W in float32, as Keras computes them, without Keras'
-    reshape into groups (a training step with IBN stages ran 1.6x slower
-    through the layer itself; docs/PERFORMANCE.md).
+    reshape into groups (docs/PERFORMANCE.md, "The recipe's training step").
     """
     x = tf.cast(y, "float32")
     mean, variance = tf.nn.moments(x, axes=[1, 2], keepdims=True)
@@ -231,8 +230,8 @@ class MultiScaleContext(layers.Layer):
             return ops.concatenate(branches, axis=-1)
         # Each branch as two convolutions of the kernel's two channel groups rather than
         # one convolution whose output is sliced: the slices' copies and their
-        # gradients' padding made a bf16 training step 1.5x slower than without IBN
-        # (1.25x this way; docs/PERFORMANCE.md).
+        # gradients' padding were most of IBN's cost (the recipe's step 0.52 s against
+        # 0.40 this way, 0.34 without BNNeck and IBN; docs/PERFORMANCE.md).
         branches = []
         for conv, norm, inorm in zip(self.convs, self.norms, self.instance_norms):
             branches.append(instance_norm(
