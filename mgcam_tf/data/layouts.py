@@ -101,12 +101,16 @@ def merge_train_splits(splits: Sequence[Split]) -> tuple[Split, int]:
         offsets.append(offset)
         names_seen.append(names)
         merged_ids.append(np.asarray(split.pids, np.int64) + offset)
-    merged = Split(
+    return _concatenate(splits, merged_ids), next_id
+
+
+def _concatenate(splits: Sequence[Split], pids: Sequence[np.ndarray]) -> Split:
+    """One split of `splits` in order, with `pids[i]` as the ids of `splits[i]`."""
+    return Split(
         image_paths=tuple(p for s in splits for p in s.image_paths),
         mask_paths=tuple(m for s in splits for m in s.mask_paths),
-        pids=np.concatenate(merged_ids), camids=np.concatenate(
-            [np.asarray(s.camids, np.int64) for s in splits]))
-    return merged, next_id
+        pids=np.concatenate([np.asarray(p, np.int64) for p in pids]),
+        camids=np.concatenate([np.asarray(s.camids, np.int64) for s in splits]))
 
 
 def split_with_test_ids(dataset: "ReidDataset") -> tuple[Split, int]:
@@ -123,20 +127,15 @@ def split_with_test_ids(dataset: "ReidDataset") -> tuple[Split, int]:
         if parts else np.zeros([0], np.int64)
     people = np.unique(test_pids[test_pids > 0])
     dense = {int(p): dataset.num_train_ids + i for i, p in enumerate(people)}
-    splits, pids = [dataset.train], [np.asarray(dataset.train.pids, np.int64)]
+    splits = [dataset.train]
     for split in parts:
         keep = np.flatnonzero(np.asarray(split.pids) > 0)
         splits.append(Split(
             image_paths=tuple(split.image_paths[i] for i in keep),
             mask_paths=tuple(split.mask_paths[i] for i in keep),
-            pids=np.asarray(split.pids)[keep], camids=np.asarray(split.camids)[keep]))
-        pids.append(np.array([dense[int(p)] for p in splits[-1].pids], np.int64))
-    merged = Split(
-        image_paths=tuple(p for s in splits for p in s.image_paths),
-        mask_paths=tuple(m for s in splits for m in s.mask_paths),
-        pids=np.concatenate(pids),
-        camids=np.concatenate([np.asarray(s.camids, np.int64) for s in splits]))
-    return merged, dataset.num_train_ids + len(people)
+            pids=np.array([dense[int(p)] for p in np.asarray(split.pids)[keep]], np.int64),
+            camids=np.asarray(split.camids)[keep]))
+    return _concatenate(splits, [s.pids for s in splits]), dataset.num_train_ids + len(people)
 
 
 @dataclasses.dataclass(frozen=True)

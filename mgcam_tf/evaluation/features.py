@@ -68,17 +68,17 @@ def extract_features(model: Callable, dataset: Iterable, *, flip_average: bool =
     """
     import tensorflow as tf  # here: evaluating saved features needs no TensorFlow
 
-    if hasattr(model, "embed") and hasattr(model, "trainable_variables"):
-        # This package's models: their test-time feature (h, or its BNNeck copy when the
-        # model retrieves with that), without the body and background streams.
-        @tf.function(reduce_retracing=True)
-        def forward(rgbm):
-            return model.embed(rgbm)
-    elif hasattr(model, "trainable_variables"):  # a Keras model or tf.Module
-        # One traced graph for all batches: eager calls of a Keras model are slow.
-        @tf.function(reduce_retracing=True)
-        def forward(rgbm):
+    if hasattr(model, "trainable_variables"):  # a Keras model or tf.Module
+        # This package's models give their test-time feature (h, or its BNNeck copy when
+        # the model retrieves with that) by `embed`, without the body and background
+        # streams; other models through their outputs.
+        def feature(rgbm):
+            if hasattr(model, "embed"):
+                return model.embed(rgbm)
             return _select_feature(model({"rgbm": rgbm}, training=False))
+
+        # One traced graph for all batches: eager calls of a Keras model are slow.
+        forward = tf.function(feature, reduce_retracing=True)
     else:
         def forward(rgbm):
             return _select_feature(model({"rgbm": rgbm}))
