@@ -19,11 +19,13 @@ RECORDS=${RECORDS:-docs/results/cuhk03_pair1_recipe}
 PHASE=${PHASE:-all}
 SHARED=../shared/data
 # The full recipe first (the answer the ablation is read against), then the Siamese row's
-# control (short), then MSCAN-body under the recipe, then the ablation's steps, then
-# second seeds.
+# control (short), then MSCAN-body under the recipe, then the SGD recipe and its Siamese
+# stage (two seeds), then the ablation's steps, then second seeds.
 QUEUE=${QUEUE:-"cuhk03_pair1_recipe_mgcam_rgbm:0 cuhk03_pair1_mgcam_rgbm:0
   cuhk03_pair1_mgcam_siamese_rgbm:0 cuhk03_pair1_mgcam_continued_rgbm:0
   cuhk03_pair1_recipe_mscan_rgbm:0
+  cuhk03_pair1_recipe_sgd_mgcam_rgbm:0 cuhk03_pair1_recipe_sgd_mgcam_rgbm:1
+  cuhk03_pair1_recipe_sgd_siamese_rgbm:0 cuhk03_pair1_recipe_sgd_siamese_rgbm:1
   cuhk03_pair1_recipe_1_optimizer:0 cuhk03_pair1_recipe_2_batch_hard:0
   cuhk03_pair1_recipe_3_label_smoothing:0 cuhk03_pair1_recipe_4_erasing:0
   cuhk03_pair1_recipe_5_bnneck:0 cuhk03_pair1_recipe_labeled_mgcam_rgbm:0
@@ -38,10 +40,12 @@ folder() {
   case " $CONTROL " in *" $exp "*) prefix=control_ ;; esac
   echo "$RUNS/$prefix${exp#cuhk03_pair1_}_s$seed"
 }
-init_from() {  # the control's second stage starts from its stage-1 run
+init_from() {  # a second stage starts from its stage-1 run of the same seed
   case $1 in
     cuhk03_pair1_mgcam_siamese_rgbm|cuhk03_pair1_mgcam_continued_rgbm)
       echo "--init_from=$(folder cuhk03_pair1_mgcam_rgbm "$2")" ;;
+    cuhk03_pair1_recipe_sgd_siamese_rgbm)
+      echo "--init_from=$(folder cuhk03_pair1_recipe_sgd_mgcam_rgbm "$2")" ;;
   esac
 }
 

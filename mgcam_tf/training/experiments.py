@@ -197,6 +197,29 @@ def cuhk03_pair1_recipe_labeled_mgcam_rgbm() -> ExperimentConfig:
     return _pair1(**RECIPE, extra_train_dirs=(CUHK03_PAIR1_LABELED,))
 
 
+# The recipe's first answer (docs/RESULTS.md) put its loss at the start, where Adam with a
+# warmup trails the paper's SGD. The issue's hand-made trial kept the paper's SGD and
+# added label smoothing and random erasing (46.5 % rank-1 at 4,000 iterations, seed 0):
+# the SGD recipe is that trial made of the package's options, at the paper's budget,
+# and the paper's Siamese stage 2 on top of it (same options, give --init_from).
+SGD_RECIPE = {"label_smoothing": 0.1, "random_erasing": 0.5, "erasing_scope": "image"}
+
+
+@register_experiment("cuhk03_pair1_recipe_sgd_mgcam_rgbm")
+def cuhk03_pair1_recipe_sgd_mgcam_rgbm() -> ExperimentConfig:
+    """The paper's recipe (SGD 0.01, x0.1 at 3,000 of 4,000) + label smoothing 0.1 +
+    random erasing 0.5 on the image."""
+    return _pair1(**SGD_RECIPE)
+
+
+@register_experiment("cuhk03_pair1_recipe_sgd_siamese_rgbm")
+def cuhk03_pair1_recipe_sgd_siamese_rgbm() -> ExperimentConfig:
+    """The paper's Siamese stage 2 on the SGD recipe's run (give --init_from), with the
+    same two options: 1,000 iterations at 0.001."""
+    return _pair1(**SGD_RECIPE, stage="2", total_steps=1000, base_lr=0.001, lr_step=500,
+                  log_every=10)
+
+
 @register_experiment("cuhk03_pair1_recipe_preset")
 def cuhk03_pair1_recipe_preset() -> ExperimentConfig:
     """The shipped preset `mgcam_recipe_cuhk03`: the whole recipe on all 743 people of

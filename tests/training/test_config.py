@@ -34,6 +34,30 @@ def test_the_paper_stages_are_the_official_solvers():
     assert one.losses.label_smoothing == 0 and one.losses.batch_hard_weight == 0
 
 
+def _differences(a: dict, b: dict, prefix: str = "") -> set:
+    keys = set(a) | set(b)
+    out = set()
+    for key in keys:
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            out |= _differences(a[key], b[key], f"{prefix}{key}.")
+        elif a.get(key) != b.get(key):
+            out.add(f"{prefix}{key}")
+    return out
+
+
+@pytest.mark.parametrize("paper, sgd", [
+    ("cuhk03_pair1_mgcam_rgbm", "cuhk03_pair1_recipe_sgd_mgcam_rgbm"),
+    ("cuhk03_pair1_mgcam_siamese_rgbm", "cuhk03_pair1_recipe_sgd_siamese_rgbm")])
+def test_the_sgd_recipe_is_the_paper_row_plus_smoothing_and_erasing(paper, sgd):
+    """The SGD recipe keeps the paper's solver and budget: only its two options differ."""
+    a = experiments.get_experiment(paper).to_dict()
+    b = experiments.get_experiment(sgd)
+    assert _differences(a, b.to_dict()) == {"losses.label_smoothing",
+                                           "augmentation.random_erasing"}
+    assert b.losses.label_smoothing == 0.1 and b.augmentation.random_erasing == 0.5
+    assert b.augmentation.erasing_scope == "image"
+
+
 def test_overrides_replace_fields_and_are_checked():
     experiment = experiments.get_experiment("paper_stage1").override(
         {"batch_size": 64, "random_erasing": 0.5, "ibn_stages": "stage1,stage2"})
