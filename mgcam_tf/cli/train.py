@@ -91,6 +91,10 @@ _HELP = {
     "batch_hard_weight": "Weight of a batch-hard triplet loss on h (Hermans et al. 2017; "
                          "needs --sampler=pk).",
     "batch_hard_margin": "Margin of the batch-hard triplet loss (Euclidean).",
+    "centre_weight": "Weight of a centre loss on h (Wen et al., ECCV 2016; Luo et al. "
+                     "use 0.0005): the mean squared distance of h to its identity's centre.",
+    "centre_alpha": "Rate of Wen et al.'s centre update (c -= alpha * mean of c - h over "
+                    "the identity's images of the batch, over 1 + their count), in (0, 1].",
     # optimizer
     "optimizer": "sgd (the official solver), adam or adamw.",
     "base_lr": "Learning rate.",

@@ -71,6 +71,35 @@ def batch_hard_triplet_loss(h, pids, margin: float = 0.3):
     return ops.sum(per_anchor) / ops.maximum(ops.sum(valid), 1.0)
 
 
+def centre_loss(h, pids, centres):
+    """The centre loss (Wen et al., ECCV 2016) as Luo et al. weigh it: the mean over the
+    batch of ||h_i - c_{y_i}||^2.
+
+    The centres get no gradient: they move by Wen et al.'s own rule
+    (`centre_sums`, then `TrainingTask`), whatever the optimizer.
+    h: [B, D]; pids: [B] in 0..N-1; centres: [N, D].
+    """
+    h = ops.cast(h, "float32")
+    mine = ops.stop_gradient(ops.take(ops.cast(centres, "float32"), pids, axis=0))
+    return ops.mean(squared_distance(h, mine))
+
+
+def centre_sums(h, pids, centres):
+    """Wen et al.'s centre update, before the division: for each identity j of N,
+    sum over the batch's images of j of (c_j - h_i), and how many there are.
+
+    The step is c_j -= alpha * sum_j / (1 + count_j); the sums are returned apart so
+    that replicas can add theirs first. Returns ([N, D], [N]) in the centres' dtype.
+    """
+    centres = ops.convert_to_tensor(centres)
+    h = ops.cast(ops.stop_gradient(h), centres.dtype)
+    num = ops.shape(centres)[0]
+    pids = ops.cast(pids, "int32")
+    sums = ops.segment_sum(ops.take(centres, pids, axis=0) - h, pids, num_segments=num)
+    counts = ops.segment_sum(ops.ones_like(pids, centres.dtype), pids, num_segments=num)
+    return sums, counts
+
+
 def attention_loss(target, phi_plus):
     """L_att (eq. 5) as Caffe's EuclideanLoss: 1/(2N) * sum over batch and map of (M - Phi+)^2.
 

@@ -40,6 +40,10 @@ class MGCAMObjective:
     label_smoothing: float = 0.0
     batch_hard_weight: float = 0.0
     batch_hard_margin: float = 0.3
+    # The centre loss (Wen et al., ECCV 2016) on h, Luo et al.'s optional term (their
+    # weight 0.0005); the centres move by Wen et al.'s rule at rate centre_alpha.
+    centre_weight: float = 0.0
+    centre_alpha: float = 0.5
 
     def __post_init__(self):
         if self.region_loss not in REGION_LOSSES:
@@ -54,21 +58,26 @@ class MGCAMObjective:
                               f"got {self.label_smoothing!r}")
         for field in ("siamese_weight", "triplet_weight", "attention_weight", "triplet_margin",
                       "siamese_margin", "official_pull_margin", "official_push_margin",
-                      "batch_hard_weight", "batch_hard_margin"):
+                      "batch_hard_weight", "batch_hard_margin", "centre_weight"):
             value = getattr(self, field)
             # `not value >= 0` is also true for NaN.
             if not isinstance(value, (int, float)) or not math.isfinite(value) or not value >= 0:
                 raise ConfigError(f"{field} must be a finite number >= 0, got {value!r}")
+        if isinstance(self.centre_alpha, bool) or not isinstance(
+                self.centre_alpha, (int, float)) or not 0.0 < self.centre_alpha <= 1.0:
+            raise ConfigError(f"centre_alpha must be a number in (0, 1], "
+                              f"got {self.centre_alpha!r}")
 
     def __call__(self, y: Mapping, outputs: Mapping) -> dict:
         """Returns each term and their weighted sum under `total`.
 
-        y: {"pid": [B], "attention_target": [B, 40, 16, 1]}; outputs: the model's dict.
+        y: {"pid": [B], "attention_target": [B, 40, 16, 1]}; outputs: the model's dict,
+        plus `centres` [num_ids, D] where the centre loss is on (the training task's).
         """
         from keras import ops
 
         from mgcam_tf.modeling.losses import (attention_loss, batch_hard_triplet_loss,
-                                              identity_loss, official_region_loss,
+                                              centre_loss, identity_loss, official_region_loss,
                                               official_siamese_loss, region_triplet_loss,
                                               siamese_loss)
 
@@ -81,6 +90,9 @@ class MGCAMObjective:
             terms["batch_hard_loss"] = batch_hard_triplet_loss(outputs["h_full"], pids,
                                                                self.batch_hard_margin)
             total = total + self.batch_hard_weight * terms["batch_hard_loss"]
+        if self.centre_weight > 0 and "centres" in outputs:
+            terms["centre_loss"] = centre_loss(outputs["h_full"], pids, outputs["centres"])
+            total = total + self.centre_weight * terms["centre_loss"]
         has_regions = "h_body" in outputs
         if has_regions and self.triplet_weight > 0:
             h = [ops.cast(outputs[k], "float32") for k in ("h_full", "h_body", "h_bgd")]

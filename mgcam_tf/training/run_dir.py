@@ -91,8 +91,12 @@ def prepare_model_dir(model_dir: os.PathLike, model_config: dict, settings: dict
 def checkpoint_manager(model_dir: os.PathLike, model: keras.Model,
                        optimizer: keras.optimizers.Optimizer | None = None,
                        max_to_keep: int = 3,
-                       directory: os.PathLike | None = None) -> tf.train.CheckpointManager:
+                       directory: os.PathLike | None = None,
+                       training_state: dict | None = None) -> tf.train.CheckpointManager:
     """Model (and optimizer) checkpoints in `model_dir`/checkpoints, or in `directory`.
+
+    training_state: more variables a resume needs that are neither the network's nor
+    the optimizer's (the centre loss's centres), by checkpoint name.
 
     mixed_float16 wraps the optimizer in a LossScaleOptimizer; the checkpoint
     holds the wrapped optimizer alone, so that a run keeps the same variable
@@ -105,6 +109,7 @@ def checkpoint_manager(model_dir: os.PathLike, model: keras.Model,
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             optimizer = optimizer.inner_optimizer
         objects["optimizer"] = optimizer
+    objects.update(training_state or {})
     directory = directory or os.path.join(model_dir, CHECKPOINT_DIR)
     return tf.train.CheckpointManager(tf.train.Checkpoint(**objects), os.fspath(directory),
                                       max_to_keep=max_to_keep)

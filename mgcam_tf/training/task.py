@@ -23,11 +23,12 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from mgcam_tf.modeling.losses import centre_sums
 from mgcam_tf.modeling.objective import MGCAMObjective
 from mgcam_tf.training import solver
 
 LOSS_TERMS = ("loss", "identity_loss", "triplet_loss", "attention_loss", "siamese_loss",
-              "batch_hard_loss")
+              "batch_hard_loss", "centre_loss")
 
 
 class TrainingTask(keras.Model):
@@ -53,6 +54,15 @@ class TrainingTask(keras.Model):
         self.objective = objective or MGCAMObjective()
         self.weight_decay = float(weight_decay)
         self.bias_lr_mult = float(bias_lr_mult)
+        # The centre loss's identity centres [num_ids, feature_dim]: training state, not
+        # the network's (exports have no use for them), checkpointed beside it. Every
+        # replica computes the same update from all-reduced sums; the first one's lands.
+        self.centres = None
+        if self.objective.centre_weight > 0:
+            self.centres = self.add_weight(
+                shape=(network.num_ids, network.feature_dim), initializer="zeros",
+                trainable=False, autocast=False,
+                aggregation="only_first_replica", name="identity_centres")
         streams = ["full"] if network.attention_mode == "none" else ["full", "body", "bgd"]
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_TERMS}
         self.accuracy_trackers = {
@@ -81,7 +91,18 @@ class TrainingTask(keras.Model):
         if self.network.attention_mode == "hard":
             # A fixed binary map has nothing to learn: no attention loss.
             outputs = {k: v for k, v in outputs.items() if k != "attention"}
+        if self.centres is not None:
+            outputs = {**outputs, "centres": ops.convert_to_tensor(self.centres)}
         return self.objective(y, outputs)
+
+    def _move_centres(self, h, pids):
+        """Wen et al.'s update, c_j -= alpha * sum_i (c_j - h_i) / (1 + n_j), over the
+        global batch: the replicas' sums and counts are added first."""
+        sums, counts = centre_sums(h, pids, self.centres)
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            sums, counts = context.all_reduce("sum", [sums, counts])
+        self.centres.assign_sub(self.objective.centre_alpha * sums / (1.0 + counts[:, None]))
 
     def decay_term(self):
         """0.5 * weight_decay * sum of squared kernels (Caffe's L2; biases are not decayed)."""
@@ -128,6 +149,8 @@ class TrainingTask(keras.Model):
             grads = [g * self.bias_lr_mult if solver.is_bias(v) else g
                      for g, v in zip(grads, variables)]
         self.optimizer.apply_gradients(zip(grads, variables))
+        if self.centres is not None:
+            self._move_centres(outputs["h_full"], y["pid"])
         if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             # oneDNN's ReLU maps NaN to 0, so a NaN input or weight can leave
             # the loss finite while the gradients (and then the weights) are

@@ -87,8 +87,9 @@ def _train(model_dir, dataset, model_config, solver, objective, run, *, strategy
         run_dir.prepare_model_dir(model_dir, model_config, settings or {}, experiment)
     # Checkpoints hold the network (as `model`) and the optimizer, the same
     # object paths as before the task was split from the network.
+    state = {} if model.centres is None else {"centres": model.centres}
     manager = run_dir.checkpoint_manager(model_dir, network, model.optimizer,
-                                         run.max_checkpoints)
+                                         run.max_checkpoints, training_state=state)
     done = 0
     # A damaged latest checkpoint (a truncated data file) is skipped with a warning.
     restored = run_dir.restore_newest_intact(manager, f"--model_dir {model_dir}")
@@ -103,7 +104,7 @@ def _train(model_dir, dataset, model_config, solver, objective, run, *, strategy
         # This worker's saves only keep the strategy's collectives in step.
         scratch_dir = os.path.join(model_dir, f".worker{distribution.task_id(strategy)}_checkpoints.tmp")
         manager = run_dir.checkpoint_manager(model_dir, network, model.optimizer, 1,
-                                             directory=scratch_dir)
+                                             directory=scratch_dir, training_state=state)
     image_batch = next(iter(dataset.take(1))) if chief else None
     saver = run_callbacks.CheckpointEveryEpoch(manager, chief, done, scratch_dir)
     all_callbacks = [run_callbacks.StopOnNaN(), saver, *callbacks]

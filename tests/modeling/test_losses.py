@@ -146,3 +146,43 @@ def test_objective_adds_the_batch_hard_term():
         float(recipe["identity_loss"]) + 2.0 * float(recipe["batch_hard_loss"])
         + 0.01 * float(recipe["triplet_loss"]) + 0.1 * float(recipe["attention_loss"]),
         rtol=1e-5)
+
+
+def test_centre_loss_and_wen_update_match_a_numpy_reference():
+    h = features(6, 5)
+    centres = features(4, 5)
+    pids = np.array([0, 0, 2, 2, 2, 3])                 # id 1 is not in the batch
+    expected = np.mean([((h[i] - centres[pids[i]]) ** 2).sum() for i in range(6)])
+    np.testing.assert_allclose(float(losses.centre_loss(h, pids, centres)), expected, rtol=1e-5)
+    sums, counts = losses.centre_sums(h, pids, centres)
+    for j in range(4):
+        mine = pids == j
+        np.testing.assert_allclose(np.asarray(sums)[j], (centres[j] - h[mine]).sum(0),
+                                   rtol=1e-5, atol=1e-6)
+        assert float(np.asarray(counts)[j]) == mine.sum()
+    # The loss pulls h to the centres and leaves the centres to Wen et al.'s update.
+    h_var, c_var = tf.Variable(h), tf.Variable(centres)
+    with tf.GradientTape() as tape:
+        loss = losses.centre_loss(h_var, pids, c_var)
+    grad_h, grad_c = tape.gradient(loss, [h_var, c_var])
+    assert grad_c is None or not np.any(np.asarray(grad_c))
+    np.testing.assert_allclose(np.asarray(grad_h), 2 * (h - centres[pids]) / 6, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_objective_adds_the_centre_term_only_with_centres():
+    model = build_model(4)
+    outputs = model(np.random.RandomState(1).randn(4, 160, 64, 4).astype("float32"))
+    y = {"pid": np.array([0, 0, 1, 1]), "attention_target": np.zeros((4, 40, 16, 1), "float32")}
+    objective = MGCAMObjective(centre_weight=0.5)
+    assert "centre_loss" not in objective(y, outputs)
+    terms = objective(y, {**outputs, "centres": np.ones((4, 128), "float32")})
+    np.testing.assert_allclose(
+        float(terms["total"]),
+        float(terms["identity_loss"]) + 0.5 * float(terms["centre_loss"])
+        + 0.01 * float(terms["triplet_loss"]) + 0.1 * float(terms["attention_loss"]),
+        rtol=1e-5)
+    for bad in ({"centre_weight": -1.0}, {"centre_alpha": 0.0}, {"centre_alpha": 1.5},
+                {"centre_alpha": float("nan")}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            MGCAMObjective(**bad)

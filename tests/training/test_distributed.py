@@ -21,5 +21,6 @@ def test_mirrored_step_with_synchronized_bn_matches_one_device():
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["update"] > 1e-3          # the step did move the weights
+    assert report["centres_moved"] > 1e-3   # and the centre loss's centres (compared in "sync")
     assert report["sync"] < 1e-9
     assert report["unsync"] > 1e-4          # per-replica BN statistics differ

@@ -83,13 +83,16 @@ def test_corrupt_image_found_mid_training_is_one_line_naming_the_file(tmp_path, 
 def test_all_recipe_options_train_a_few_steps_and_the_config_trains_again(tmp_path):
     """The end-to-end run of issue 22: every recipe option on at once, a few real steps;
     then `--config=RUN/config.json` trains the same experiment into a new folder."""
+    import numpy as np
+    import tensorflow as tf
+
     model_dir = tmp_path / "recipe"
     options = ["--sampler=pk", "--pk_k=2", "--optimizer=adamw", "--base_lr=3.5e-4",
                "--lr_schedule=cosine", "--warmup_steps=2", "--random_erasing=0.5",
                "--erasing_scope=image_and_mask", "--pad_crop=4", "--color_jitter=0.3",
                "--hue_jitter=0.1", "--grayscale=0.2", "--label_smoothing=0.1",
                "--batch_hard_weight=1", "--bnneck", "--ibn_stages=stage1,stage2",
-               "--retrieval_feature=bnneck", "--dropout=0"]
+               "--retrieval_feature=bnneck", "--dropout=0", "--centre_weight=0.0005"]
     proc = mgcam_train(f"--model_dir={model_dir}", "--synthetic_ids=12", "--batch_size=8",
                        "--total_steps=4", "--checkpoint_every=2", "--eval_batch_size=64",
                        *options)
@@ -99,6 +102,10 @@ def test_all_recipe_options_train_a_few_steps_and_the_config_trains_again(tmp_pa
     assert experiment["model"]["ibn_stages"] == ["stage1", "stage2"]
     assert experiment["augmentation"]["erasing_scope"] == "image_and_mask"
     assert experiment["optimizer"]["optimizer"] == "adamw"
+    # The centre loss's centres are training state: checkpointed (a resume needs them).
+    saved = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
+    centres = [k for k in saved.get_variable_to_shape_map() if k.startswith("centres/")]
+    assert centres and np.any(saved.get_tensor(centres[0]))
     again = mgcam_train(f"--config={model_dir / 'config.json'}",
                         f"--model_dir={tmp_path / 'again'}", "--evaluate=false")
     assert again.returncode == 0, again.stderr[-3000:]
