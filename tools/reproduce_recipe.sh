@@ -24,7 +24,8 @@ SHARED=../shared/data
 QUEUE=${QUEUE:-"cuhk03_pair1_recipe_mgcam_rgbm:0 cuhk03_pair1_mgcam_rgbm:0
   cuhk03_pair1_mgcam_siamese_rgbm:0 cuhk03_pair1_mgcam_continued_rgbm:0
   cuhk03_pair1_recipe_mscan_rgbm:0
-  cuhk03_pair1_recipe_sgd_mgcam_rgbm:0 cuhk03_pair1_recipe_sgd_mgcam_rgbm:1
+  cuhk03_pair1_recipe_sgd_whole_mgcam_rgbm:0 cuhk03_pair1_recipe_sgd_mgcam_rgbm:0
+  cuhk03_pair1_recipe_sgd_mgcam_rgbm:1
   cuhk03_pair1_recipe_sgd_siamese_rgbm:0 cuhk03_pair1_recipe_sgd_siamese_rgbm:1
   cuhk03_pair1_recipe_1_optimizer:0 cuhk03_pair1_recipe_2_batch_hard:0
   cuhk03_pair1_recipe_3_label_smoothing:0 cuhk03_pair1_recipe_4_erasing:0

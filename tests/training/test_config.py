@@ -58,7 +58,17 @@ def test_the_sgd_recipe_is_the_paper_row_plus_smoothing_and_erasing(paper, sgd):
     assert b.augmentation.erasing_scope == "image"
 
 
-def test_overrides_replace_fields_and_are_checked():
+def test_the_whole_recipe_on_sgd_is_the_paper_row_plus_steps_2_to_6():
+    paper = experiments.get_experiment("cuhk03_pair1_mgcam_rgbm")
+    whole = experiments.get_experiment("cuhk03_pair1_recipe_sgd_whole_mgcam_rgbm")
+    recipe = experiments.get_experiment("cuhk03_pair1_recipe_mgcam_rgbm")
+    assert whole.optimizer == paper.optimizer and whole.schedule == paper.schedule
+    # Everything else is the whole recipe's.
+    for section in ("data", "augmentation", "model", "losses"):
+        assert getattr(whole, section) == getattr(recipe, section), section
+
+
+
     experiment = experiments.get_experiment("paper_stage1").override(
         {"batch_size": 64, "random_erasing": 0.5, "ibn_stages": "stage1,stage2"})
     assert experiment.data.batch_size == 64 and experiment.augmentation.random_erasing == 0.5
