@@ -143,7 +143,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
 # loss terms together and the accuracies together.
 TAGS = {"loss": "loss/total", "identity_loss": "loss/identity", "triplet_loss": "loss/triplet",
         "attention_loss": "loss/attention", "siamese_loss": "loss/siamese",
-        "batch_hard_loss": "loss/batch_hard",
+        "batch_hard_loss": "loss/batch_hard", "centre_loss": "loss/centre",
         "accuracy_full": "accuracy/full", "accuracy_body": "accuracy/body",
         "accuracy_bgd": "accuracy/bgd", "learning_rate": "lr"}
 # Logs that are not running means (Keras passes them through as they are).
