@@ -25,6 +25,7 @@ QUEUE=${QUEUE:-"cuhk03_pair1_recipe_mgcam_rgbm:0 cuhk03_pair1_mgcam_rgbm:0
   cuhk03_pair1_mgcam_siamese_rgbm:0 cuhk03_pair1_mgcam_continued_rgbm:0
   cuhk03_pair1_recipe_mscan_rgbm:0
   cuhk03_pair1_recipe_sgd_whole_mgcam_rgbm:0 cuhk03_pair1_recipe_sgd_mgcam_rgbm:0
+  cuhk03_pair1_recipe_sgd_whole_siamese_rgbm:0 cuhk03_pair1_recipe_sgd_whole_mgcam_rgbm:1
   cuhk03_pair1_recipe_sgd_mgcam_rgbm:1
   cuhk03_pair1_recipe_sgd_siamese_rgbm:0 cuhk03_pair1_recipe_sgd_siamese_rgbm:1
   cuhk03_pair1_recipe_1_optimizer:0 cuhk03_pair1_recipe_2_batch_hard:0
@@ -47,6 +48,8 @@ init_from() {  # a second stage starts from its stage-1 run of the same seed
       echo "--init_from=$(folder cuhk03_pair1_mgcam_rgbm "$2")" ;;
     cuhk03_pair1_recipe_sgd_siamese_rgbm)
       echo "--init_from=$(folder cuhk03_pair1_recipe_sgd_mgcam_rgbm "$2")" ;;
+    cuhk03_pair1_recipe_sgd_whole_siamese_rgbm)
+      echo "--init_from=$(folder cuhk03_pair1_recipe_sgd_whole_mgcam_rgbm "$2")" ;;
   esac
 }
 

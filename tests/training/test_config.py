@@ -66,6 +66,12 @@ def test_the_whole_recipe_on_sgd_is_the_paper_row_plus_steps_2_to_6():
     # Everything else is the whole recipe's.
     for section in ("data", "augmentation", "model", "losses"):
         assert getattr(whole, section) == getattr(recipe, section), section
+    # Its Siamese stage: the paper's stage 2 with the same options and network.
+    siamese = experiments.get_experiment("cuhk03_pair1_recipe_sgd_whole_siamese_rgbm")
+    paper_siamese = experiments.get_experiment("cuhk03_pair1_mgcam_siamese_rgbm")
+    assert siamese.optimizer == paper_siamese.optimizer
+    assert siamese.schedule == paper_siamese.schedule
+    assert siamese.model == whole.model and siamese.losses == whole.losses
 
 
 
