@@ -420,6 +420,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", default="", help="comma-separated rows (folders "
                         "<row>_s<seed>) to tabulate instead of the six of the table, each "
                         "compared with the row before it (an ablation's steps)")
+    parser.add_argument("--pairs", default="", help="comma-separated a:b comparisons "
+                        "(b - a) of --rows, instead of each row against the row before")
     parser.add_argument("--metrics", default="", help="comma-separated evaluations to "
                         "tabulate (eval_<metric>_<protocol>.json; default the five metrics)")
     args = parser.parse_args(argv)
@@ -428,6 +430,13 @@ def main(argv=None) -> int:
     if args.rows:
         rows = [(name, name) for name in args.rows.split(",") if name]
         comparisons = [(f"{b} vs {a}", a, b) for (a, _), (b, _) in zip(rows, rows[1:])]
+    if args.pairs:
+        pairs = [pair.split(":") for pair in args.pairs.split(",") if pair]
+        named = {row for row, _ in rows}
+        for pair in pairs:
+            if len(pair) != 2 or not set(pair) <= named:
+                parser.error(f"--pairs: {':'.join(pair)!r} is not a:b of two rows of --rows")
+        comparisons = [(f"{b} vs {a}", a, b) for a, b in pairs]
     if args.metrics:
         metrics = [(name, name) for name in args.metrics.split(",") if name]
     results = read_results(args.runs_dir, rows, metrics)

@@ -130,6 +130,19 @@ def test_results_table_ablation_rows_from_several_folders(tmp_path):
                if line.startswith("| recipe_1_optimizer vs mgcam_rgbm | single"))
     assert "| 0 | +25.00 [" in row                 # query 0 becomes a hit
     assert "| recipe_mgcam_rgbm vs recipe_1_optimizer | single_query | 0 | +25.00 [" in text
+    # --pairs names the comparisons instead: here both against the paper's row.
+    assert results_table.main([f"--runs_dir={recipe},{paper}", f"--out_dir={tmp_path}",
+                               "--no-figures", "--metrics=euclidean",
+                               "--rows=mgcam_rgbm,recipe_1_optimizer,recipe_mgcam_rgbm",
+                               "--pairs=mgcam_rgbm:recipe_1_optimizer,"
+                               "mgcam_rgbm:recipe_mgcam_rgbm"]) == 0
+    text = (tmp_path / "results_table.md").read_text()
+    assert "| recipe_1_optimizer vs mgcam_rgbm | single_query | 0 | +25.00 [" in text
+    assert "| recipe_mgcam_rgbm vs mgcam_rgbm | single_query | 0 | +50.00 [" in text
+    assert "vs recipe_1_optimizer" not in text
+    with pytest.raises(SystemExit):
+        results_table.main([f"--runs_dir={recipe}", f"--out_dir={tmp_path}", "--no-figures",
+                            "--rows=recipe_1_optimizer", "--pairs=recipe_1_optimizer:other"])
 
 
 def _fake_run(folder: pathlib.Path, init_from: str = "", stage: str = "1"):
