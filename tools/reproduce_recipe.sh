@@ -6,7 +6,7 @@
 #
 #   PYTHON=.venv/bin/python RUNS=/work/runs/recipe tools/reproduce_recipe.sh
 #   QUEUE="cuhk03_pair1_recipe_mgcam_rgbm:1" PHASE=train tools/reproduce_recipe.sh
-#   PHASE=preset tools/reproduce_recipe.sh     # trains and writes the preset mgcam_recipe_cuhk03
+#   PHASE=preset tools/reproduce_recipe.sh     # trains (two stages) and writes the preset mgcam_recipe_cuhk03
 #
 # Resumable: a training resumes from its last checkpoint (or returns at once when it
 # reached its total_steps); an evaluation whose JSON exists is not run again. Runs go to
@@ -54,18 +54,21 @@ init_from() {  # a second stage starts from its stage-1 run of the same seed
 }
 
 if [ "$PHASE" = preset ]; then
-  # The shipped preset: the whole recipe on all 743 people of camera pair 1, detected and
-  # hand-drawn boxes (flags/cuhk03_pair1_recipe_preset.flags), seed 0; then its files and
-  # figures (in-sample on cuhk03_pair1; the Market-1501 and MARS minis are other cameras).
-  dir=$RUNS/preset_s0
+  # The shipped preset: the SGD recipe and its Siamese stage on all 743 people of camera
+  # pair 1, detected and hand-drawn boxes (flags/cuhk03_pair1_recipe_preset*.flags), seed
+  # 0; then its files and figures (in-sample on cuhk03_pair1; the Market-1501 and MARS
+  # minis are other cameras).
+  stage1=$RUNS/preset_s0 dir=$RUNS/preset_siamese_s0
   echo "=== train preset $(date +%T)"
   "$PY" tools/train.py --flagfile=flags/cuhk03_pair1_recipe_preset.flags --seed=0 \
-    --model_dir="$dir" --progress=false </dev/null
+    --model_dir="$stage1" --progress=false </dev/null
+  "$PY" tools/train.py --flagfile=flags/cuhk03_pair1_recipe_preset_siamese.flags --seed=0 \
+    --model_dir="$dir" --init_from="$stage1" --progress=false </dev/null
   "$PY" tools/make_preset.py --model_dir="$dir" --name=mgcam_recipe_cuhk03 \
-    --data_dir=$SHARED/cuhk03_pair1 --description="MGCAM, RGB-M input, the modern recipe" \
-    --command="PHASE=preset tools/reproduce_recipe.sh (flags/cuhk03_pair1_recipe_preset.flags, seed 0)" \
+    --data_dir=$SHARED/cuhk03_pair1 --description="MGCAM-Siamese, RGB-M input, the SGD recipe (label smoothing, random erasing)" \
+    --command="PHASE=preset tools/reproduce_recipe.sh (flags/cuhk03_pair1_recipe_preset.flags then flags/cuhk03_pair1_recipe_preset_siamese.flags, seed 0)" \
     --terms="Trained on CUHK03 (camera pair 1, all 743 identities: the 643 training ids and the 100 dev ids, detected and hand-drawn boxes) for research and testing use only: the data set's terms ask users to respect the privacy of the people pictured. Masks: BlazePose-full segmentation." \
-    --note="In-sample: the figures below are on cuhk03_pair1's query and gallery, whose people this preset trained on. The same recipe's figures on people it never saw (trained on the 643 training ids only) are in docs/RESULTS.md, 'The modern recipe'."
+    --note="In-sample: the figures below are on cuhk03_pair1's query and gallery, whose people this preset trained on. The same recipe's figures on people it never saw (trained on the 643 training ids only) are in docs/RESULTS.md, 'The SGD recipe'."
   mkdir -p "$RECORDS/preset"
   for name in market1501_mini mars_mini; do
     [ -d "$SHARED/$name" ] || continue

@@ -288,6 +288,13 @@ def test_reproduce_recipe_preset_phase_trains_then_makes_the_preset(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     calls = log.read_text().splitlines()
+    runs = tmp_path / "runs"
     assert "--flagfile=flags/cuhk03_pair1_recipe_preset.flags" in calls[0]
-    assert calls[1].startswith("tools/make_preset.py") and \
-        "--name=mgcam_recipe_cuhk03" in calls[1] and "In-sample" in calls[1]
+    assert f"--model_dir={runs}/preset_s0" in calls[0]
+    # The Siamese stage starts from stage 1, and its run is what becomes the preset.
+    assert "--flagfile=flags/cuhk03_pair1_recipe_preset_siamese.flags" in calls[1]
+    assert f"--model_dir={runs}/preset_siamese_s0" in calls[1]
+    assert f"--init_from={runs}/preset_s0" in calls[1]
+    assert calls[2].startswith("tools/make_preset.py") and \
+        f"--model_dir={runs}/preset_siamese_s0" in calls[2] and \
+        "--name=mgcam_recipe_cuhk03" in calls[2] and "In-sample" in calls[2]
