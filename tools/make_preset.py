@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     parser.add_argument("--command", required=True, help="the command that trained it")
     parser.add_argument("--description", default="MGCAM-Siamese, RGB-M input")
     parser.add_argument("--terms", default=CUHK03_TERMS)
+    parser.add_argument("--recipe", default="",
+                        help="the training recipe in words, with the experiments or "
+                             "flagfiles that hold it (shown to users beside the figures)")
     parser.add_argument("--note", default="",
                         help="what a user must know about the figures (e.g. that they are "
                              "in-sample because the preset trained on --data_dir's test ids)")
@@ -71,6 +74,8 @@ def main(argv=None) -> int:
             "evaluation_ap": "official", "evaluation": figures,
             "made": datetime.date.today().isoformat(), "commit": commit,
             "feature_dim": int(np.asarray(split["query"].features).shape[1])}
+    if args.recipe:
+        info["recipe"] = args.recipe
     if args.note:
         info["note"] = args.note
     target = REPO / "mgcam_tf" / "presets" / args.name

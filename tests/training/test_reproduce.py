@@ -297,4 +297,5 @@ def test_reproduce_recipe_preset_phase_trains_then_makes_the_preset(tmp_path):
     assert f"--init_from={runs}/preset_s0" in calls[1]
     assert calls[2].startswith("tools/make_preset.py") and \
         f"--model_dir={runs}/preset_siamese_s0" in calls[2] and \
-        "--name=mgcam_recipe_cuhk03" in calls[2] and "In-sample" in calls[2]
+        "--name=mgcam_recipe_cuhk03" in calls[2] and "In-sample" in calls[2] and \
+        "--recipe=" in calls[2]
