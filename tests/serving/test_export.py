@@ -259,6 +259,22 @@ def test_flip_average_is_baked_into_the_signatures_and_recorded(tmp_path):
     assert export.read_metadata(default)["flip_average"] is False
 
 
+def test_a_recipe_network_exports_what_keras_computes(tmp_path):
+    """The recipe preset's network (BNNeck, IBN in stages 1 and 2, retrieval on h): its
+    instance norm and BNNeck go through the export unchanged."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = models.model_from_config(models.model_config(
+        5, dropout=0.0, bnneck=True, ibn_stages=("stage1", "stage2")))
+    target = export.export_saved_model(model, tmp_path / "base")
+    loaded = tf.saved_model.load(str(target))
+    image, mask = random_batch(3)
+    got = loaded.signatures["serving_default"](image=tf.constant(image), mask=tf.constant(mask))
+    np.testing.assert_allclose(got["embedding"].numpy(),
+                               keras_reference(model, image, mask)["h_full"], atol=1e-5)
+
+
 def test_model_dir_checkpoint_restores_the_saved_model(model_dir, model):
     # export_model_dir exports what load_trained_model restores.
     restored = run_dir.load_trained_model(model_dir)
