@@ -4,7 +4,9 @@
       --data_dir=../shared/data/cuhk03_pair1 --epochs=30 --max_minutes=15
 
 Trains on `DATA_DIR/bounding_box_train` and BlazePose-full's masks beside it
-(`bounding_box_train_seg`) only, then measures the agreement (mean per-image
+(`bounding_box_train_seg`) only, plus the `bounding_box_train` of each of
+--extra_train_dirs (for example `cuhk03_pair1_labeled`: the same training
+people's hand-drawn boxes, framed a few pixels apart), then measures the agreement (mean per-image
 IoU) of its masks with BlazePose's on `query` + `bounding_box_test` (the dev
 split, never trained on), and writes the weights and a provenance record
 (data, command, commit, agreement) to --output_dir (default: the package's
@@ -28,6 +30,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 flags.DEFINE_string("data_dir", str(REPO.parent / "shared" / "data" / "cuhk03_pair1"),
                     "Data set folder with bounding_box_train(_seg), query(_seg), "
                     "bounding_box_test(_seg).")
+flags.DEFINE_list("extra_train_dirs", [], "More data set folders whose bounding_box_train "
+                  "(and its BlazePose masks) is trained on too; never their query or test "
+                  "crops.")
 flags.DEFINE_integer("epochs", 8, "Epochs (the cosine schedule's length).")
 flags.DEFINE_float("max_minutes", 15.0, "Stop after the epoch that passes this wall time.")
 flags.DEFINE_integer("batch_size", 32, "Training batch size.")
@@ -46,6 +51,10 @@ def _images(folder: pathlib.Path) -> list[str]:
     return sorted(str(p) for p in folder.iterdir() if is_image_file(p.name))
 
 
+def _flag_text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
@@ -60,9 +69,15 @@ def main(argv):
     from mgcam_tf.segmentation import agreement, distillation, distilled
 
     data = pathlib.Path(FLAGS.data_dir)
-    train = _images(data / "bounding_box_train")
+    folders = [data / "bounding_box_train"] + [
+        pathlib.Path(extra) / "bounding_box_train" for extra in FLAGS.extra_train_dirs]
+    for flag, folder in zip(["data_dir"] + ["extra_train_dirs"] * len(folders), folders):
+        if not folder.is_dir():
+            raise SystemExit(f"error: --{flag}: {folder} is not a folder")
+    counts = {folder: len(_images(folder)) for folder in folders}
+    train = [path for folder in folders for path in _images(folder)]
     dev = _images(data / "query") + _images(data / "bounding_box_test")
-    print(f"training on {len(train)} crops of {data / 'bounding_box_train'}; "
+    print(f"training on {len(train)} crops of {', '.join(map(str, folders))}; "
           f"dev split {len(dev)} crops", flush=True)
     net, run = distillation.train_mask_net(
         train, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
@@ -96,12 +111,14 @@ def main(argv):
         "weights_bytes": weights.stat().st_size,
         "teacher": "BlazePose-full segmentation (pose_landmark_full.tflite, mediapipe 0.10.21), "
                    "the masks X_seg/NAME.png of mgcam_tf.segmentation.segmenter",
-        "training_data": f"{data.name}/bounding_box_train ({len(train)} crops, 643 ids) and "
-                         "its BlazePose masks, mirrored and colour-jittered",
+        "training_data": " + ".join(f"{folder.parent.name}/{folder.name} ({n} crops)"
+                                    for folder, n in counts.items())
+        + ", with their BlazePose masks, mirrored and colour-jittered",
         "command": "nice -n 10 python tools/train_mask_net.py " + " ".join(
-            f"--{k}={FLAGS[k].value}" for k in ("epochs", "max_minutes", "batch_size",
-                                                 "learning_rate", "seed", "mixed_bfloat16",
-                                                 "init_weights") if FLAGS[k].value != ""),
+            f"--{k}={_flag_text(FLAGS[k].value)}"
+            for k in ("extra_train_dirs", "epochs", "max_minutes", "batch_size",
+                      "learning_rate", "seed", "mixed_bfloat16", "init_weights")
+            if FLAGS[k].value not in ("", [])),
         "commit": _commit(),
         "training": run,
         "mean_iou_vs_blazepose": {k: round(float(np.mean(v)), 4) for k, v in ious.items()},

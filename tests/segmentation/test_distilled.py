@@ -222,3 +222,45 @@ def test_exported_preset_image_only_retrieval_with_distilled_masks(shared_data, 
     # a default is 1 point on both, hence BlazePose stays the default.
     assert abs(ours.cmc[0] - blaze.cmc[0]) <= 0.025
     assert abs(ours.mAP - blaze.mAP) <= 0.01
+
+
+def _tiny_copy(shared_data, name, tmp_path, count=6):
+    """A data folder of `count` crops (and their BlazePose masks) per split, as links."""
+    root = tmp_path / name
+    for split in ("bounding_box_train", "query", "bounding_box_test"):
+        for folder in (split, f"{split}_seg"):
+            (root / folder).mkdir(parents=True)
+        for image in sorted((shared_data / name / split).glob("*.jpg"))[:count]:
+            (root / split / image.name).symlink_to(image)
+            mask = image.parent.parent / f"{split}_seg" / (image.stem + ".png")
+            (root / f"{split}_seg" / mask.name).symlink_to(mask)
+    return root
+
+
+def test_train_mask_net_trains_on_extra_folders_and_records_them(shared_data, tmp_path):
+    """tools/train_mask_net.py --extra_train_dirs: the extra folders' training crops are
+    trained on (the count says so), named in the provenance and its command; a folder
+    without bounding_box_train is refused in one line naming it."""
+    import json
+
+    from harness import assert_one_line_error, run_tool
+
+    detected = _tiny_copy(shared_data, "cuhk03_pair1", tmp_path)
+    labeled = _tiny_copy(shared_data, "cuhk03_pair1_labeled", tmp_path)
+    out = tmp_path / "out"
+    proc = run_tool("train_mask_net", f"--data_dir={detected}",
+                    f"--extra_train_dirs={labeled}", "--epochs=1", "--batch_size=4",
+                    f"--output_dir={out}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "training on 12 crops" in proc.stdout
+    info = json.loads((out / distilled.PROVENANCE_FILE).read_text())
+    assert "cuhk03_pair1/bounding_box_train (6 crops)" in info["training_data"]
+    assert "cuhk03_pair1_labeled/bounding_box_train (6 crops)" in info["training_data"]
+    assert f"--extra_train_dirs={labeled}" in info["command"]
+    assert 0.0 <= info["mean_iou_dev"] <= 1.0
+    assert distilled.load_mask_net(out / distilled.WEIGHTS_FILE).count_params() > 0
+    proc = run_tool("train_mask_net", f"--data_dir={detected}",
+                    f"--extra_train_dirs={tmp_path / 'nowhere'}", "--epochs=1",
+                    f"--output_dir={tmp_path / 'out2'}")
+    assert_one_line_error(proc, "--extra_train_dirs", "nowhere")
+    assert not (tmp_path / "out2" / distilled.WEIGHTS_FILE).exists()
