@@ -1,4 +1,4 @@
-"""The shipped preset: it loads, embeds, states its provenance, and reaches the
+"""The shipped presets: each loads, embeds, states its provenance, and reaches the
 figures its preset.json gives on the data it names."""
 
 import json
@@ -11,22 +11,38 @@ import mgcam_tf
 from mgcam_tf import presets
 from mgcam_tf.errors import ConfigError
 
-NAME = "mgcam_siamese_cuhk03"
+NAME = "mgcam_siamese_cuhk03"      # the paper's recipe
+RECIPE = "mgcam_recipe_cuhk03"     # the modern recipe on all 743 ids (issue 22)
+NAMES = (NAME, RECIPE)
 
 
-def test_preset_is_shipped_small_and_documented():
-    assert NAME in presets.list_presets()
-    folder = presets.preset_dir(NAME)
+def test_both_presets_ship():
+    assert set(NAMES) <= set(presets.list_presets())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_preset_is_shipped_small_and_documented(name):
+    folder = presets.preset_dir(name)
     size = sum(p.stat().st_size for p in pathlib.Path(folder).rglob("*") if p.is_file())
     assert size < 8 * 2**20, size
-    info = presets.preset_info(NAME)
+    info = presets.preset_info(name)
     assert "research" in info["terms"] and "CUHK03" in info["terms"]
     assert info["trained_with"] and info["commit"]
     assert {"euclidean/single_query", "euclidean/all_queries"} <= set(info["evaluation"])
 
 
-def test_load_preset_embeds():
-    model = mgcam_tf.load_preset(NAME)
+def test_recipe_preset_says_its_recipe_and_that_its_figures_are_in_sample():
+    info = presets.preset_info(RECIPE)
+    assert "batch-hard" in info["recipe"] and "cuhk03_pair1_recipe_preset" in info["recipe"]
+    assert info["note"].startswith("In-sample")
+    assert "743" in info["terms"] and "hand-drawn" in info["terms"]
+    assert info["model"]["config"]["num_ids"] == 743
+    assert info["model"]["config"]["bnneck"] is True
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_load_preset_embeds(name):
+    model = mgcam_tf.load_preset(name)
     assert type(model).__name__ == "MGCAM"
     rgbm = np.random.RandomState(0).randn(3, 160, 64, 4).astype("float32")
     h = model.embed(rgbm).numpy()
@@ -38,13 +54,14 @@ def test_unknown_preset_names_the_known_ones():
         presets.preset_dir("no_such_preset")
 
 
-def test_preset_reaches_its_stated_figures(shared_data):
+@pytest.mark.parametrize("name", NAMES)
+def test_preset_reaches_its_stated_figures(shared_data, name):
     from mgcam_tf.data import layouts
     from mgcam_tf.evaluation import evaluator, features
 
-    info = presets.preset_info(NAME)
+    info = presets.preset_info(name)
     dataset = layouts.load_dataset(str(shared_data / "cuhk03_pair1"))
-    model = presets.load_preset(NAME)
+    model = presets.load_preset(name)
     query = features.split_features(model, dataset.query, batch_size=128)
     gallery = features.split_features(model, dataset.gallery, batch_size=128)
     for protocol in ("single_query", "all_queries"):
