@@ -31,7 +31,9 @@ QUEUE=${QUEUE:-"cuhk03_pair1_recipe_mgcam_rgbm:0 cuhk03_pair1_mgcam_rgbm:0
   cuhk03_pair1_recipe_1_optimizer:0 cuhk03_pair1_recipe_2_batch_hard:0
   cuhk03_pair1_recipe_3_label_smoothing:0 cuhk03_pair1_recipe_4_erasing:0
   cuhk03_pair1_recipe_5_bnneck:0 cuhk03_pair1_recipe_labeled_mgcam_rgbm:0
-  cuhk03_pair1_recipe_mgcam_rgbm:1 cuhk03_pair1_recipe_mscan_rgbm:1"}
+  cuhk03_pair1_recipe_mgcam_rgbm:1 cuhk03_pair1_recipe_mscan_rgbm:1
+  cuhk03_pair1_recipe_sgd_whole_mscan_rgbm:0 cuhk03_pair1_recipe_sgd_whole_mscan_rgbm:1
+  cuhk03_pair1_recipe_sgd_whole_mgcam_rgbm:2 cuhk03_pair1_recipe_sgd_whole_mscan_rgbm:2"}
 
 # The Siamese row's control (docs/RESULTS.md): a paper stage-1 run, then from its weights
 # the Siamese stage 2 and stage 1 continued without the Siamese loss, for the same 1,000

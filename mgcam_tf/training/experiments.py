@@ -224,6 +224,13 @@ def cuhk03_pair1_recipe_sgd_whole_mgcam_rgbm() -> ExperimentConfig:
     return _pair1(**_RECIPE_ON_SGD)
 
 
+@register_experiment("cuhk03_pair1_recipe_sgd_whole_mscan_rgbm")
+def cuhk03_pair1_recipe_sgd_whole_mscan_rgbm() -> ExperimentConfig:
+    """The same recipe on the MSCAN-body baseline (RGB-M input, one stream, no attention):
+    does MGCAM's lead over MSCAN-body (the paper's Table 2) survive the recipe?"""
+    return _pair1(**_RECIPE_ON_SGD, architecture="mscan")
+
+
 @register_experiment("cuhk03_pair1_recipe_sgd_whole_siamese_rgbm")
 def cuhk03_pair1_recipe_sgd_whole_siamese_rgbm() -> ExperimentConfig:
     """The paper's Siamese stage 2 on that run (give --init_from), with the same options

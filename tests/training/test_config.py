@@ -72,6 +72,10 @@ def test_the_whole_recipe_on_sgd_is_the_paper_row_plus_steps_2_to_6():
     assert siamese.optimizer == paper_siamese.optimizer
     assert siamese.schedule == paper_siamese.schedule
     assert siamese.model == whole.model and siamese.losses == whole.losses
+    # And on MSCAN-body: the same recipe, only the architecture differs.
+    mscan = experiments.get_experiment("cuhk03_pair1_recipe_sgd_whole_mscan_rgbm")
+    assert _differences(whole.to_dict(), mscan.to_dict()) == {"model.architecture"}
+    assert mscan.model.architecture == "mscan"
 
 
 
