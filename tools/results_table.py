@@ -445,7 +445,7 @@ def main(argv=None) -> int:
             + "\n" + intervals_markdown(results, comparisons=comparisons)
             + (f"\nSeed 0 trained again (b: the table's run, a: the check run):\n\n{check}"
                if check else "")
-            + "\n" + (training_times(args.runs_dir, rows) if args.figures else ""))
+            + "\n" + training_times(args.runs_dir, rows))
     print(text, end="")
     os.makedirs(args.out_dir, exist_ok=True)
     atomic_files.write_text(os.path.join(args.out_dir, "results_table.md"), text)

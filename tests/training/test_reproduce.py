@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from harness import REPO
+from mgcam_tf.training import experiments
 
 sys.path.insert(0, str(REPO / "tools"))
 
@@ -140,6 +141,17 @@ def test_results_table_ablation_rows_from_several_folders(tmp_path):
     assert "| recipe_1_optimizer vs mgcam_rgbm | single_query | 0 | +25.00 [" in text
     assert "| recipe_mgcam_rgbm vs mgcam_rgbm | single_query | 0 | +50.00 [" in text
     assert "vs recipe_1_optimizer" not in text
+    # Each run's training time (its record's scalars.json) is tabulated too.
+    record = recipe / "recipe_mgcam_rgbm_s0"
+    (record / "scalars.json").write_text(json.dumps(
+        {"loss/total": [[50, 7.0, 1000.0], [4000, 2.0, 1000.0 + 22.5 * 60]]}))
+    (record / "config.json").write_text(json.dumps(
+        {"experiment": experiments.get_experiment("cuhk03_pair1_recipe_mgcam_rgbm").to_dict()}))
+    assert results_table.main([f"--runs_dir={recipe},{paper}", f"--out_dir={tmp_path}",
+                               "--no-figures", "--metrics=euclidean",
+                               "--rows=mgcam_rgbm,recipe_mgcam_rgbm"]) == 0
+    text = (tmp_path / "results_table.md").read_text()
+    assert "| recipe_mgcam_rgbm_s0 | 4000 |" in text and text.rstrip().endswith("| 22.5 |")
     with pytest.raises(SystemExit):
         results_table.main([f"--runs_dir={recipe}", f"--out_dir={tmp_path}", "--no-figures",
                             "--rows=recipe_1_optimizer", "--pairs=recipe_1_optimizer:other"])
