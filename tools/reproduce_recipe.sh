@@ -20,7 +20,8 @@ PHASE=${PHASE:-all}
 SHARED=../shared/data
 # The full recipe first (the answer the ablation is read against), then the Siamese row's
 # control (short), then MSCAN-body under the recipe, then the SGD recipe and its Siamese
-# stage (two seeds), then the ablation's steps, then second seeds.
+# stage (two seeds), then the ablation's steps, then second seeds, then the SGD recipe on
+# MSCAN-body (three seeds) and its MGCAM run's third seed.
 QUEUE=${QUEUE:-"cuhk03_pair1_recipe_mgcam_rgbm:0 cuhk03_pair1_mgcam_rgbm:0
   cuhk03_pair1_mgcam_siamese_rgbm:0 cuhk03_pair1_mgcam_continued_rgbm:0
   cuhk03_pair1_recipe_mscan_rgbm:0
