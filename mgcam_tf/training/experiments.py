@@ -214,6 +214,32 @@ def cuhk03_pair1_recipe_sgd_mgcam_rgbm() -> ExperimentConfig:
 
 _RECIPE_ON_SGD = {k: v for _, step in RECIPE_STEPS[1:] for k, v in step.items()}
 
+# The ablation on the paper's solver: from the two options' run to the whole recipe on
+# SGD, the rest of RECIPE_STEPS 2-6 added one at a time, each on top of the ones before
+# (label smoothing and erasing are already in the first; pad + crop, which RECIPE_STEPS
+# adds with erasing, is a step of its own here). The first and the last step are the
+# runs above; the steps between are registered as cuhk03_pair1_recipe_sgd_<n>_<step>.
+_STEP = dict(RECIPE_STEPS)
+SGD_RECIPE_STEPS = (
+    ("two_options", SGD_RECIPE),
+    ("batch_hard", _STEP["batch_hard"]),
+    ("pad_crop", {"pad_crop": _STEP["erasing"]["pad_crop"]}),
+    ("bnneck", _STEP["bnneck"]),
+    ("ibn", _STEP["ibn"]),
+)
+
+
+def _sgd_recipe_fields(upto: int) -> dict:
+    fields = {}
+    for _, step in SGD_RECIPE_STEPS[:upto]:
+        fields.update(step)
+    return fields
+
+
+for _number, (_step, _) in enumerate(SGD_RECIPE_STEPS[1:-1], 2):
+    register_experiment(f"cuhk03_pair1_recipe_sgd_{_number}_{_step}")(
+        lambda upto=_number: _pair1(**_sgd_recipe_fields(upto)))
+
 
 @register_experiment("cuhk03_pair1_recipe_sgd_whole_mgcam_rgbm")
 def cuhk03_pair1_recipe_sgd_whole_mgcam_rgbm() -> ExperimentConfig:

@@ -78,7 +78,28 @@ def test_the_whole_recipe_on_sgd_is_the_paper_row_plus_steps_2_to_6():
     assert mscan.model.architecture == "mscan"
 
 
+def test_the_sgd_ablation_adds_one_step_at_a_time_from_two_options_to_the_whole():
+    """Each step of the ablation on the paper's solver differs from the one before in
+    exactly its own fields; the first is the two options' run, the last the whole recipe."""
+    chain = ["cuhk03_pair1_recipe_sgd_mgcam_rgbm",
+             *(f"cuhk03_pair1_recipe_sgd_{n}_{step}"
+               for n, (step, _) in enumerate(experiments.SGD_RECIPE_STEPS[1:-1], 2)),
+             "cuhk03_pair1_recipe_sgd_whole_mgcam_rgbm"]
+    assert chain[1:-1] == ["cuhk03_pair1_recipe_sgd_2_batch_hard",
+                           "cuhk03_pair1_recipe_sgd_3_pad_crop",
+                           "cuhk03_pair1_recipe_sgd_4_bnneck"]
+    # (pk_k 4 and margin 0.3 are the defaults, so the P x K step changes two fields.)
+    added = [{"data.sampler", "losses.batch_hard_weight"},
+             {"augmentation.pad_crop"},
+             {"model.bnneck", "model.dropout"},
+             {"model.ibn_stages"}]
+    for before, after, fields in zip(chain, chain[1:], added):
+        a = experiments.get_experiment(before).to_dict()
+        b = experiments.get_experiment(after).to_dict()
+        assert _differences(a, b) == fields, (before, after)
 
+
+def test_overrides_replace_fields_and_are_checked():
     experiment = experiments.get_experiment("paper_stage1").override(
         {"batch_size": 64, "random_erasing": 0.5, "ibn_stages": "stage1,stage2"})
     assert experiment.data.batch_size == 64 and experiment.augmentation.random_erasing == 0.5

@@ -311,3 +311,22 @@ def test_reproduce_recipe_preset_phase_trains_then_makes_the_preset(tmp_path):
         f"--model_dir={runs}/preset_siamese_s0" in calls[2] and \
         "--name=mgcam_recipe_cuhk03" in calls[2] and "In-sample" in calls[2] and \
         "--recipe=" in calls[2]
+
+
+def test_reproduce_recipe_default_queue_names_only_registered_experiments(tmp_path):
+    """A misspelt name in the script's default queue would fail hours into a run."""
+    import os
+    import subprocess
+
+    from mgcam_tf.training import experiments
+
+    fake, log = _fake_python(tmp_path)
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "QUEUE"}
+    env.update(PYTHON=str(fake), RUNS=str(tmp_path / "runs"), PHASE="train")
+    proc = subprocess.run(["bash", str(repo / "tools" / "reproduce_recipe.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    names = [call.split("--experiment=")[1].split()[0] for call in log.read_text().splitlines()]
+    assert "cuhk03_pair1_recipe_sgd_4_bnneck" in names
+    assert set(names) <= set(experiments.experiment_names())
