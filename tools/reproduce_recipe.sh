@@ -22,8 +22,9 @@ SHARED=../shared/data
 # control (short), then MSCAN-body under the recipe, then the SGD recipe and its Siamese
 # stage (two seeds), then the ablation's steps, then second seeds, then the SGD recipe on
 # MSCAN-body (three seeds) and its MGCAM run's third seed, then the two options' and
-# their Siamese stage's third seeds, then the ablation on the paper's solver (from the two
-# options to the whole recipe, one step at a time), then the whole recipe's Siamese third seed.
+# their Siamese stage's third seeds, then the whole recipe at twice the budget, then the
+# ablation on the paper's solver (from the two options to the whole recipe, one step at a
+# time), then the whole recipe's Siamese third seed.
 QUEUE=${QUEUE:-"cuhk03_pair1_recipe_mgcam_rgbm:0 cuhk03_pair1_mgcam_rgbm:0
   cuhk03_pair1_mgcam_siamese_rgbm:0 cuhk03_pair1_mgcam_continued_rgbm:0
   cuhk03_pair1_recipe_mscan_rgbm:0
@@ -38,6 +39,7 @@ QUEUE=${QUEUE:-"cuhk03_pair1_recipe_mgcam_rgbm:0 cuhk03_pair1_mgcam_rgbm:0
   cuhk03_pair1_recipe_sgd_whole_mscan_rgbm:0 cuhk03_pair1_recipe_sgd_whole_mscan_rgbm:1
   cuhk03_pair1_recipe_sgd_whole_mgcam_rgbm:2 cuhk03_pair1_recipe_sgd_whole_mscan_rgbm:2
   cuhk03_pair1_recipe_sgd_mgcam_rgbm:2 cuhk03_pair1_recipe_sgd_siamese_rgbm:2
+  cuhk03_pair1_recipe_sgd_whole_8k_mgcam_rgbm:0
   cuhk03_pair1_recipe_sgd_2_batch_hard:0 cuhk03_pair1_recipe_sgd_3_pad_crop:0
   cuhk03_pair1_recipe_sgd_4_bnneck:0 cuhk03_pair1_recipe_sgd_whole_siamese_rgbm:2"}
 

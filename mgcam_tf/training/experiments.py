@@ -257,6 +257,15 @@ def cuhk03_pair1_recipe_sgd_whole_mscan_rgbm() -> ExperimentConfig:
     return _pair1(**_RECIPE_ON_SGD, architecture="mscan")
 
 
+@register_experiment("cuhk03_pair1_recipe_sgd_whole_8k_mgcam_rgbm")
+def cuhk03_pair1_recipe_sgd_whole_8k_mgcam_rgbm() -> ExperimentConfig:
+    """The same at twice the budget: 8,000 iterations, x0.1 at 6,000 (the same three
+    quarters). At 4,000 its rank-1 curves still rose when they stopped (docs/RESULTS.md),
+    and the issue asks for the budget each row's curve asks for; 8,000 iterations of 64
+    are about 82 passes over the 6,264 training crops (Luo et al. train 120 epochs)."""
+    return _pair1(**_RECIPE_ON_SGD, total_steps=8000, lr_step=6000, eval_every=500)
+
+
 @register_experiment("cuhk03_pair1_recipe_sgd_whole_siamese_rgbm")
 def cuhk03_pair1_recipe_sgd_whole_siamese_rgbm() -> ExperimentConfig:
     """The paper's Siamese stage 2 on that run (give --init_from), with the same options

@@ -76,6 +76,11 @@ def test_the_whole_recipe_on_sgd_is_the_paper_row_plus_steps_2_to_6():
     mscan = experiments.get_experiment("cuhk03_pair1_recipe_sgd_whole_mscan_rgbm")
     assert _differences(whole.to_dict(), mscan.to_dict()) == {"model.architecture"}
     assert mscan.model.architecture == "mscan"
+    # And at twice the budget: only the schedule's length, its step and the eval spacing.
+    long = experiments.get_experiment("cuhk03_pair1_recipe_sgd_whole_8k_mgcam_rgbm")
+    assert _differences(whole.to_dict(), long.to_dict()) == {
+        "schedule.total_steps", "optimizer.lr_step", "evaluation.eval_every"}
+    assert (long.schedule.total_steps, long.optimizer.lr_step) == (8000, 6000)
 
 
 def test_the_sgd_ablation_adds_one_step_at_a_time_from_two_options_to_the_whole():
