@@ -8,7 +8,8 @@ Reads <runs_dir>/<row>_s<seed>/eval_<metric>_<protocol>.json (mgcam-eval --json_
 per protocol, rank-1 / mAP (%) per metric as the mean +- standard deviation over
 seeds (n seeds); then the paired bootstrap 95 % intervals of the comparisons of
 the paper's claims (per-query scores averaged over the seeds both rows have);
-then each row's training time. With figures on (the default), under <out_dir>/figures/:
+then each row's training time (and with --curves each run's in-training rank-1 at
+the steps asked). With figures on (the default), under <out_dir>/figures/:
   training_loss.png     total training loss of every row (seed 0) over iterations
   loss_terms_<row>.png  the loss terms of each MGCAM row (seed 0)
   rank1_curve.png       Euclidean rank-1 of every row (seed 0) over iterations,
@@ -227,6 +228,29 @@ def training_times(runs_dir: str, rows=ROWS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rank1_curves_markdown(runs_dir: str, rows=ROWS, steps=None) -> str:
+    """Each run's in-training dev rank-1 (%, eval_history.json: single query, Euclidean)
+    at `steps` (default: every step any run evaluated at; blank where a run did not),
+    a line per run and seed: whether a row's curve had flattened when it stopped."""
+    curves = {}
+    for row, _ in rows:
+        for seed, folder in seed_dirs(runs_dir, row).items():
+            path = os.path.join(folder, "eval_history.json")
+            if os.path.isfile(path):
+                with open(path) as f:
+                    points = json.load(f)["points"]
+                curves[f"{row}_s{seed}"] = {int(p["step"]): 100 * p["rank1"] for p in points}
+    if not curves:
+        return ""
+    columns = sorted(steps or {s for curve in curves.values() for s in curve})
+    lines = ["| run | " + " | ".join(str(s) for s in columns) + " |",
+             "| --- |" + " --- |" * len(columns)]
+    for name, curve in curves.items():
+        cells = [f"{curve[s]:.1f}" if s in curve else "" for s in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def run_scalars(folder: str) -> dict[str, list[list[float]]]:
     """tag -> [[step, value, wall time]] of a run: its record's scalars.json, or the
     TensorBoard events of a run folder (tools/run_record.py reads them the same way)."""
@@ -424,7 +448,15 @@ def main(argv=None) -> int:
                         "(b - a) of --rows, instead of each row against the row before")
     parser.add_argument("--metrics", default="", help="comma-separated evaluations to "
                         "tabulate (eval_<metric>_<protocol>.json; default the five metrics)")
+    parser.add_argument("--curves", default="", help="also each run's in-training rank-1 "
+                        "curve: 'all' (every step evaluated) or comma-separated steps")
     args = parser.parse_args(argv)
+    curve_steps = None
+    if args.curves and args.curves != "all":
+        try:
+            curve_steps = [int(step) for step in args.curves.split(",") if step]
+        except ValueError:
+            parser.error(f"--curves: {args.curves!r} is not 'all' or comma-separated steps")
 
     rows, comparisons, metrics = ROWS, COMPARISONS, METRICS
     if args.rows:
@@ -446,6 +478,10 @@ def main(argv=None) -> int:
             + (f"\nSeed 0 trained again (b: the table's run, a: the check run):\n\n{check}"
                if check else "")
             + "\n" + training_times(args.runs_dir, rows))
+    if args.curves:
+        curves = rank1_curves_markdown(args.runs_dir, rows, curve_steps)
+        text += ("\nIn-training rank-1 (%, dev split, single query, Euclidean):\n\n"
+                 + (curves or "no eval_history.json in these runs\n"))
     print(text, end="")
     os.makedirs(args.out_dir, exist_ok=True)
     atomic_files.write_text(os.path.join(args.out_dir, "results_table.md"), text)

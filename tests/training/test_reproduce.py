@@ -316,10 +316,6 @@ def test_reproduce_recipe_preset_phase_trains_then_makes_the_preset(tmp_path):
 def test_reproduce_recipe_default_queue_names_only_registered_experiments(tmp_path):
     """A misspelt name in the script's default queue would fail hours into a run."""
     import os
-    import subprocess
-
-    from mgcam_tf.training import experiments
-
     fake, log = _fake_python(tmp_path)
     repo = pathlib.Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "QUEUE"}
@@ -330,3 +326,28 @@ def test_reproduce_recipe_default_queue_names_only_registered_experiments(tmp_pa
     names = [call.split("--experiment=")[1].split()[0] for call in log.read_text().splitlines()]
     assert "cuhk03_pair1_recipe_sgd_4_bnneck" in names
     assert set(names) <= set(experiments.experiment_names())
+
+
+def test_results_table_curves_print_each_runs_rank1_at_the_steps_asked(tmp_path):
+    """--curves: a line per run and seed from eval_history.json, blank where a run did not
+    evaluate; a bad step list is refused in one line."""
+    for folder, points in (("long_s0", [(0, 0.0), (500, 0.25), (1000, 0.4)]),
+                           ("long_s1", [(0, 0.0), (500, 0.3125)]),
+                           ("short_s0", [(0, 0.0), (250, 0.1), (500, 0.2)])):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "eval_history.json").write_text(json.dumps(
+            {"metric": "euclidean", "ap": [], "points": [
+                {"step": s, "rank1": r, "mAP": r, "mINP": r} for s, r in points]}))
+    out = tmp_path / "out"
+    assert results_table.main([f"--runs_dir={tmp_path}", f"--out_dir={out}", "--no-figures",
+                               "--rows=short,long", "--curves=all"]) == 0
+    text = (out / "results_table.md").read_text()
+    assert "| run | 0 | 250 | 500 | 1000 |" in text
+    assert "| short_s0 | 0.0 | 10.0 | 20.0 |  |" in text
+    assert "| long_s1 | 0.0 |  | 31.2 |  |" in text
+    assert results_table.main([f"--runs_dir={tmp_path}", f"--out_dir={out}", "--no-figures",
+                               "--rows=short,long", "--curves=500,1000"]) == 0
+    text = (out / "results_table.md").read_text()
+    assert "| long_s0 | 25.0 | 40.0 |" in text and "| short_s0 | 20.0 |  |" in text
+    with pytest.raises(SystemExit):
+        results_table.main([f"--runs_dir={tmp_path}", "--rows=long", "--curves=5x"])
