@@ -210,10 +210,42 @@ def _settings(folder: str) -> dict:
         return run_settings(json.load(f))
 
 
+# A logging interval this many times slower per step than the run's median was a stop (a
+# crash or a kill before a resume, or a pause), not training: evaluations and checkpoints
+# slow an interval two or three times at most.
+STOPPED_FACTOR = 10.0
+
+
+def training_minutes(times: list[tuple[int, float]]) -> tuple[float, float]:
+    """(minutes training, minutes stopped) of a run's [(step, wall time)], first to last.
+
+    An interval that took more than STOPPED_FACTOR times the median seconds per step
+    counts as its steps at the median pace, the rest as stopped; an interval whose step
+    does not advance (a resume that repeats logged steps) counts as stopped."""
+    times = sorted(times, key=lambda point: point[1])
+    paces = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(times, times[1:]) if s1 > s0]
+    if not paces:
+        return 0.0, 0.0
+    median = float(np.median(paces))
+    training = stopped = 0.0
+    for (s0, t0), (s1, t1) in zip(times, times[1:]):
+        seconds = t1 - t0
+        if s1 <= s0:
+            stopped += seconds
+        elif seconds > STOPPED_FACTOR * median * (s1 - s0):
+            training += median * (s1 - s0)
+            stopped += seconds - median * (s1 - s0)
+        else:
+            training += seconds
+    return training / 60, stopped / 60
+
+
 def training_times(runs_dir: str, rows=ROWS) -> str:
-    """Wall time of each run, from the first to the last scalar of its TensorBoard log,
-    and the precision it trained in (`--mixed_precision=auto` picks by CPU)."""
-    lines = ["| run | steps | precision | wall time (min) |", "| --- | --- | --- | --- |"]
+    """Wall time of each run, from the first to the last scalar of its TensorBoard log
+    less the time it was stopped (`training_minutes`), and the precision it trained in
+    (`--mixed_precision=auto` picks by CPU)."""
+    lines = ["| run | steps | precision | wall time (min) | stopped, not counted (min) |",
+             "| --- | --- | --- | --- | --- |"]
     runs = [(f"{row}_s{seed}", folder) for row, _ in rows
             for seed, folder in seed_dirs(runs_dir, row).items()]
     runs += [(f"{row}_s{seed}{suffix}", folder) for suffix, _, check_rows in CHECKS
@@ -222,9 +254,10 @@ def training_times(runs_dir: str, rows=ROWS) -> str:
     for name, folder in runs:
         times = read_wall_times(folder)
         if times:
-            (_, t0), (s1, t1) = times[0], times[-1]
+            minutes, stopped = training_minutes(times)
             precision = _settings(folder).get("mixed_precision", "?")
-            lines.append(f"| {name} | {s1} | {precision} | {(t1 - t0) / 60:.1f} |")
+            lines.append(f"| {name} | {max(s for s, _ in times)} | {precision} | {minutes:.1f} | "
+                         f"{f'{stopped:.1f}' if stopped >= 0.05 else '-'} |")
     return "\n".join(lines) + "\n"
 
 

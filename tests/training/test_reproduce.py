@@ -151,7 +151,7 @@ def test_results_table_ablation_rows_from_several_folders(tmp_path):
                                "--no-figures", "--metrics=euclidean",
                                "--rows=mgcam_rgbm,recipe_mgcam_rgbm"]) == 0
     text = (tmp_path / "results_table.md").read_text()
-    assert "| recipe_mgcam_rgbm_s0 | 4000 |" in text and text.rstrip().endswith("| 22.5 |")
+    assert "| recipe_mgcam_rgbm_s0 | 4000 |" in text and text.rstrip().endswith("| 22.5 | - |")
     with pytest.raises(SystemExit):
         results_table.main([f"--runs_dir={recipe}", f"--out_dir={tmp_path}", "--no-figures",
                             "--rows=recipe_1_optimizer", "--pairs=recipe_1_optimizer:other"])
@@ -351,3 +351,16 @@ def test_results_table_curves_print_each_runs_rank1_at_the_steps_asked(tmp_path)
     assert "| long_s0 | 25.0 | 40.0 |" in text and "| short_s0 | 20.0 |  |" in text
     with pytest.raises(SystemExit):
         results_table.main([f"--runs_dir={tmp_path}", "--rows=long", "--curves=5x"])
+
+
+def test_training_minutes_leave_out_the_time_a_run_was_stopped():
+    """A kill and a resume (or a pause) between two logged steps is not training time:
+    that interval counts its steps at the run's median pace; a repeated step counts 0."""
+    steady = [(s, 2.0 * s) for s in range(0, 500, 50)]          # 2 s a step
+    assert results_table.training_minutes(steady) == (pytest.approx(900 / 60), 0.0)
+    # Stopped for an hour between steps 450 and 500, then a resume that logs 500 twice.
+    resumed = steady + [(500, 900.0 + 3700.0), (500, 900.0 + 3750.0), (550, 4750.0)]
+    minutes, stopped = results_table.training_minutes(resumed)
+    assert minutes == pytest.approx((900 + 100 + 100) / 60)
+    assert stopped == pytest.approx((3700 - 100 + 50) / 60)
+    assert results_table.training_minutes([(0, 5.0)]) == (0.0, 0.0)
