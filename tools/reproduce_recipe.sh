@@ -22,9 +22,11 @@ SHARED=../shared/data
 # control (short), then MSCAN-body under the recipe, then the SGD recipe and its Siamese
 # stage (two seeds), then the ablation's steps, then second seeds, then the SGD recipe on
 # MSCAN-body (three seeds) and its MGCAM run's third seed, then the two options' and
-# their Siamese stage's third seeds, then the whole recipe at twice the budget, then the
-# ablation on the paper's solver (from the two options to the whole recipe, one step at a
-# time), then the whole recipe's Siamese third seed.
+# their Siamese stage's third seeds, then the whole recipe at twice the budget (8,000
+# iterations) and its Siamese stage, the paper's recipe at that budget (the control), the
+# 8,000-iteration recipe's second seed, then the ablation on the paper's solver at that
+# budget (from the two options to the whole recipe, one step at a time), then the whole
+# recipe's Siamese third seed at 4,000.
 QUEUE=${QUEUE:-"cuhk03_pair1_recipe_mgcam_rgbm:0 cuhk03_pair1_mgcam_rgbm:0
   cuhk03_pair1_mgcam_siamese_rgbm:0 cuhk03_pair1_mgcam_continued_rgbm:0
   cuhk03_pair1_recipe_mscan_rgbm:0
@@ -39,9 +41,11 @@ QUEUE=${QUEUE:-"cuhk03_pair1_recipe_mgcam_rgbm:0 cuhk03_pair1_mgcam_rgbm:0
   cuhk03_pair1_recipe_sgd_whole_mscan_rgbm:0 cuhk03_pair1_recipe_sgd_whole_mscan_rgbm:1
   cuhk03_pair1_recipe_sgd_whole_mgcam_rgbm:2 cuhk03_pair1_recipe_sgd_whole_mscan_rgbm:2
   cuhk03_pair1_recipe_sgd_mgcam_rgbm:2 cuhk03_pair1_recipe_sgd_siamese_rgbm:2
-  cuhk03_pair1_recipe_sgd_whole_8k_mgcam_rgbm:0
-  cuhk03_pair1_recipe_sgd_2_batch_hard:0 cuhk03_pair1_recipe_sgd_3_pad_crop:0
-  cuhk03_pair1_recipe_sgd_4_bnneck:0 cuhk03_pair1_recipe_sgd_whole_siamese_rgbm:2"}
+  cuhk03_pair1_recipe_sgd_whole_8k_mgcam_rgbm:0 cuhk03_pair1_recipe_sgd_whole_8k_siamese_rgbm:0
+  cuhk03_pair1_mgcam_8k_rgbm:0 cuhk03_pair1_recipe_sgd_whole_8k_mgcam_rgbm:1
+  cuhk03_pair1_recipe_sgd_1_two_options:0 cuhk03_pair1_recipe_sgd_2_batch_hard:0
+  cuhk03_pair1_recipe_sgd_3_pad_crop:0 cuhk03_pair1_recipe_sgd_4_bnneck:0
+  cuhk03_pair1_recipe_sgd_whole_siamese_rgbm:2"}
 
 # The Siamese row's control (docs/RESULTS.md): a paper stage-1 run, then from its weights
 # the Siamese stage 2 and stage 1 continued without the Siamese loss, for the same 1,000
@@ -60,6 +64,8 @@ init_from() {  # a second stage starts from its stage-1 run of the same seed
       echo "--init_from=$(folder cuhk03_pair1_recipe_sgd_mgcam_rgbm "$2")" ;;
     cuhk03_pair1_recipe_sgd_whole_siamese_rgbm)
       echo "--init_from=$(folder cuhk03_pair1_recipe_sgd_whole_mgcam_rgbm "$2")" ;;
+    cuhk03_pair1_recipe_sgd_whole_8k_siamese_rgbm)
+      echo "--init_from=$(folder cuhk03_pair1_recipe_sgd_whole_8k_mgcam_rgbm "$2")" ;;
   esac
 }
 

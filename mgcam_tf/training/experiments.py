@@ -214,11 +214,19 @@ def cuhk03_pair1_recipe_sgd_mgcam_rgbm() -> ExperimentConfig:
 
 _RECIPE_ON_SGD = {k: v for _, step in RECIPE_STEPS[1:] for k, v in step.items()}
 
-# The ablation on the paper's solver: from the two options' run to the whole recipe on
-# SGD, the rest of RECIPE_STEPS 2-6 added one at a time, each on top of the ones before
-# (label smoothing and erasing are already in the first; pad + crop, which RECIPE_STEPS
-# adds with erasing, is a step of its own here). The first and the last step are the
-# runs above; the steps between are registered as cuhk03_pair1_recipe_sgd_<n>_<step>.
+# Twice the paper's budget: 8,000 iterations, x0.1 at 6,000 (the same three quarters),
+# evaluated every 500. At 4,000 the recipe's rank-1 curves still rose when they stopped
+# (docs/RESULTS.md), and the issue asks for the budget each row's curve asks for; 8,000
+# iterations of 64 are about 82 passes over the 6,264 training crops (Luo et al. train
+# 120 epochs).
+BUDGET_8K = {"total_steps": 8000, "lr_step": 6000, "eval_every": 500}
+
+# The ablation on the paper's solver at that budget: from the issue's two options to the
+# whole recipe, the rest of RECIPE_STEPS 2-6 added one at a time, each on top of the ones
+# before (label smoothing and erasing are in the first; pad + crop, which RECIPE_STEPS
+# adds with erasing, is a step of its own here). Steps 1-4 are registered as
+# cuhk03_pair1_recipe_sgd_<n>_<step>; the last is cuhk03_pair1_recipe_sgd_whole_8k_mgcam_rgbm
+# below, and the row they are read against the paper's recipe at the same budget.
 _STEP = dict(RECIPE_STEPS)
 SGD_RECIPE_STEPS = (
     ("two_options", SGD_RECIPE),
@@ -236,9 +244,16 @@ def _sgd_recipe_fields(upto: int) -> dict:
     return fields
 
 
-for _number, (_step, _) in enumerate(SGD_RECIPE_STEPS[1:-1], 2):
+for _number, (_step, _) in enumerate(SGD_RECIPE_STEPS[:-1], 1):
     register_experiment(f"cuhk03_pair1_recipe_sgd_{_number}_{_step}")(
-        lambda upto=_number: _pair1(**_sgd_recipe_fields(upto)))
+        lambda upto=_number: _pair1(**_sgd_recipe_fields(upto), **BUDGET_8K))
+
+
+@register_experiment("cuhk03_pair1_mgcam_8k_rgbm")
+def cuhk03_pair1_mgcam_8k_rgbm() -> ExperimentConfig:
+    """The paper's recipe at twice its budget: the control of every 8,000-iteration row
+    (is a gain the recipe's or the budget's?)."""
+    return _pair1(**BUDGET_8K)
 
 
 @register_experiment("cuhk03_pair1_recipe_sgd_whole_mgcam_rgbm")
@@ -259,11 +274,8 @@ def cuhk03_pair1_recipe_sgd_whole_mscan_rgbm() -> ExperimentConfig:
 
 @register_experiment("cuhk03_pair1_recipe_sgd_whole_8k_mgcam_rgbm")
 def cuhk03_pair1_recipe_sgd_whole_8k_mgcam_rgbm() -> ExperimentConfig:
-    """The same at twice the budget: 8,000 iterations, x0.1 at 6,000 (the same three
-    quarters). At 4,000 its rank-1 curves still rose when they stopped (docs/RESULTS.md),
-    and the issue asks for the budget each row's curve asks for; 8,000 iterations of 64
-    are about 82 passes over the 6,264 training crops (Luo et al. train 120 epochs)."""
-    return _pair1(**_RECIPE_ON_SGD, total_steps=8000, lr_step=6000, eval_every=500)
+    """The same at twice the budget (BUDGET_8K); the last step of the ablation on SGD."""
+    return _pair1(**_RECIPE_ON_SGD, **BUDGET_8K)
 
 
 @register_experiment("cuhk03_pair1_recipe_sgd_whole_siamese_rgbm")
@@ -272,6 +284,13 @@ def cuhk03_pair1_recipe_sgd_whole_siamese_rgbm() -> ExperimentConfig:
     (its network has BNNeck and IBN, so the stage must too): 1,000 iterations at 0.001."""
     return _pair1(**_RECIPE_ON_SGD, stage="2", total_steps=1000, base_lr=0.001,
                   lr_step=500, log_every=10)
+
+
+@register_experiment("cuhk03_pair1_recipe_sgd_whole_8k_siamese_rgbm")
+def cuhk03_pair1_recipe_sgd_whole_8k_siamese_rgbm() -> ExperimentConfig:
+    """The same Siamese stage on the 8,000-iteration run (give --init_from): its own name,
+    so that its runs and records stay apart from the 4,000-iteration ones."""
+    return cuhk03_pair1_recipe_sgd_whole_siamese_rgbm()
 
 
 @register_experiment("cuhk03_pair1_recipe_sgd_siamese_rgbm")

@@ -83,18 +83,21 @@ def test_the_whole_recipe_on_sgd_is_the_paper_row_plus_steps_2_to_6():
     assert (long.schedule.total_steps, long.optimizer.lr_step) == (8000, 6000)
 
 
-def test_the_sgd_ablation_adds_one_step_at_a_time_from_two_options_to_the_whole():
-    """Each step of the ablation on the paper's solver differs from the one before in
-    exactly its own fields; the first is the two options' run, the last the whole recipe."""
-    chain = ["cuhk03_pair1_recipe_sgd_mgcam_rgbm",
+def test_the_sgd_ablation_adds_one_step_at_a_time_from_the_paper_row_to_the_whole():
+    """At the 8,000-iteration budget, each step of the ablation on the paper's solver
+    differs from the one before in exactly its own fields: from the paper's recipe at that
+    budget, through the two options, to the whole recipe."""
+    chain = ["cuhk03_pair1_mgcam_8k_rgbm",
              *(f"cuhk03_pair1_recipe_sgd_{n}_{step}"
-               for n, (step, _) in enumerate(experiments.SGD_RECIPE_STEPS[1:-1], 2)),
-             "cuhk03_pair1_recipe_sgd_whole_mgcam_rgbm"]
-    assert chain[1:-1] == ["cuhk03_pair1_recipe_sgd_2_batch_hard",
+               for n, (step, _) in enumerate(experiments.SGD_RECIPE_STEPS[:-1], 1)),
+             "cuhk03_pair1_recipe_sgd_whole_8k_mgcam_rgbm"]
+    assert chain[1:-1] == ["cuhk03_pair1_recipe_sgd_1_two_options",
+                           "cuhk03_pair1_recipe_sgd_2_batch_hard",
                            "cuhk03_pair1_recipe_sgd_3_pad_crop",
                            "cuhk03_pair1_recipe_sgd_4_bnneck"]
     # (pk_k 4 and margin 0.3 are the defaults, so the P x K step changes two fields.)
-    added = [{"data.sampler", "losses.batch_hard_weight"},
+    added = [{"losses.label_smoothing", "augmentation.random_erasing"},
+             {"data.sampler", "losses.batch_hard_weight"},
              {"augmentation.pad_crop"},
              {"model.bnneck", "model.dropout"},
              {"model.ibn_stages"}]
@@ -102,6 +105,16 @@ def test_the_sgd_ablation_adds_one_step_at_a_time_from_two_options_to_the_whole(
         a = experiments.get_experiment(before).to_dict()
         b = experiments.get_experiment(after).to_dict()
         assert _differences(a, b) == fields, (before, after)
+    # The budget is the only difference from the 4,000-iteration rows.
+    for long, short in (("cuhk03_pair1_mgcam_8k_rgbm", "cuhk03_pair1_mgcam_rgbm"),
+                        ("cuhk03_pair1_recipe_sgd_1_two_options",
+                         "cuhk03_pair1_recipe_sgd_mgcam_rgbm")):
+        assert _differences(experiments.get_experiment(short).to_dict(),
+                            experiments.get_experiment(long).to_dict()) == {
+            "schedule.total_steps", "optimizer.lr_step", "evaluation.eval_every"}
+    # The Siamese stage on the 8,000-iteration run is the 4,000-iteration one's stage.
+    assert experiments.get_experiment("cuhk03_pair1_recipe_sgd_whole_8k_siamese_rgbm") == \
+        experiments.get_experiment("cuhk03_pair1_recipe_sgd_whole_siamese_rgbm")
 
 
 def test_overrides_replace_fields_and_are_checked():
