@@ -226,7 +226,7 @@ BUDGET_8K = {"total_steps": 8000, "lr_step": 6000, "eval_every": 500}
 # before (label smoothing and erasing are in the first; pad + crop, which RECIPE_STEPS
 # adds with erasing, is a step of its own here). Steps 1-4 are registered as
 # cuhk03_pair1_recipe_sgd_<n>_<step>; the last is cuhk03_pair1_recipe_sgd_whole_8k_mgcam_rgbm
-# below, and the row they are read against the paper's recipe at the same budget.
+# below. They are read against the paper's recipe at the same budget (the control below).
 _STEP = dict(RECIPE_STEPS)
 SGD_RECIPE_STEPS = (
     ("two_options", SGD_RECIPE),
