@@ -139,7 +139,12 @@ def test_fast_ibn_stage_matches_keras_layers(training):
         loss, [c.kernel for c in layer.convs] + [g.gamma for g in layer.instance_norms])
     np.testing.assert_allclose(y.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
     for g, e in zip(grads, expected_grads):
-        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-3, atol=1e-3)
+        # A kernel gradient sums thousands of products of size ~1: in float32 an element
+        # near 0 carries the rounding of its neighbours of size ~5, and the order of the
+        # sums varies from run to run (one element of 1,152 was off by 1.04e-3 once in
+        # CI). So the tolerance is relative to the gradient's scale.
+        scale = float(np.abs(e.numpy()).max())
+        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-3, atol=1e-3 * scale)
     for norm, (_, n, _) in zip(layer.norms, reference):
         for s, e in zip(norm.get_weights(), n.get_weights()):
             np.testing.assert_allclose(s, e, rtol=1e-5, atol=1e-6)
