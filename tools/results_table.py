@@ -261,6 +261,15 @@ def training_times(runs_dir: str, rows=ROWS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rank1_curve(folder: str) -> list[tuple[int, float]]:
+    """[(step, rank-1 %)] of a run's in-training evaluation (eval_history.json; [] if none)."""
+    path = os.path.join(folder, "eval_history.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [(int(p["step"]), 100 * p["rank1"]) for p in json.load(f)["points"]]
+
+
 def rank1_curves_markdown(runs_dir: str, rows=ROWS, steps=None) -> str:
     """Each run's in-training dev rank-1 (%, eval_history.json: single query, Euclidean)
     at `steps` (default: every step any run evaluated at; blank where a run did not),
@@ -268,11 +277,9 @@ def rank1_curves_markdown(runs_dir: str, rows=ROWS, steps=None) -> str:
     curves = {}
     for row, _ in rows:
         for seed, folder in seed_dirs(runs_dir, row).items():
-            path = os.path.join(folder, "eval_history.json")
-            if os.path.isfile(path):
-                with open(path) as f:
-                    points = json.load(f)["points"]
-                curves[f"{row}_s{seed}"] = {int(p["step"]): 100 * p["rank1"] for p in points}
+            curve = rank1_curve(folder)
+            if curve:
+                curves[f"{row}_s{seed}"] = dict(curve)
     if not curves:
         return ""
     columns = sorted(steps or {s for curve in curves.values() for s in curve})
@@ -408,12 +415,9 @@ def rank1_figure(runs_dir: str, fig_dir: str, rows=ROWS) -> tuple[str | None, di
     curves = {}
     for row, _ in rows:
         folder = seed_dirs(runs_dir, row).get(0, "-")
-        path = os.path.join(folder, "eval_history.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                points = json.load(f)["points"]
-            curves[row] = [(p["step"] + _stage1_steps(folder), 100 * p["rank1"])
-                           for p in points]
+        curve = rank1_curve(folder)
+        if curve:
+            curves[row] = [(step + _stage1_steps(folder), rank1) for step, rank1 in curve]
     if not curves:
         print("no eval_history.json: rank-1 curve skipped")
         return None, {}

@@ -165,9 +165,10 @@ RECIPE_STEPS = (
 )
 
 
-def _recipe_fields(upto: int) -> dict:
+def _recipe_fields(upto: int, steps=RECIPE_STEPS) -> dict:
+    """The fields of the first `upto` steps of an ablation, each on top of the ones before."""
     fields = {}
-    for _, step in RECIPE_STEPS[:upto]:
+    for _, step in steps[:upto]:
         fields.update(step)
     return fields
 
@@ -237,16 +238,9 @@ SGD_RECIPE_STEPS = (
 )
 
 
-def _sgd_recipe_fields(upto: int) -> dict:
-    fields = {}
-    for _, step in SGD_RECIPE_STEPS[:upto]:
-        fields.update(step)
-    return fields
-
-
 for _number, (_step, _) in enumerate(SGD_RECIPE_STEPS[:-1], 1):
     register_experiment(f"cuhk03_pair1_recipe_sgd_{_number}_{_step}")(
-        lambda upto=_number: _pair1(**_sgd_recipe_fields(upto), **BUDGET_8K))
+        lambda upto=_number: _pair1(**_recipe_fields(upto, SGD_RECIPE_STEPS), **BUDGET_8K))
 
 
 @register_experiment("cuhk03_pair1_mgcam_8k_rgbm")
