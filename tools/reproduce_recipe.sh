@@ -26,7 +26,8 @@ SHARED=../shared/data
 # iterations) and its Siamese stage, the paper's recipe at that budget (the control), the
 # 8,000-iteration recipe's second seed, then the ablation on the paper's solver at that
 # budget (from the two options to the whole recipe, one step at a time), then the whole
-# recipe's Siamese third seed at 4,000.
+# recipe's Siamese third seed at 4,000, then the 8,000-iteration recipe and its Siamese
+# stage on the detected and hand-drawn boxes of the training ids (the preset's data).
 QUEUE=${QUEUE:-"cuhk03_pair1_recipe_mgcam_rgbm:0 cuhk03_pair1_mgcam_rgbm:0
   cuhk03_pair1_mgcam_siamese_rgbm:0 cuhk03_pair1_mgcam_continued_rgbm:0
   cuhk03_pair1_recipe_mscan_rgbm:0
@@ -45,7 +46,9 @@ QUEUE=${QUEUE:-"cuhk03_pair1_recipe_mgcam_rgbm:0 cuhk03_pair1_mgcam_rgbm:0
   cuhk03_pair1_mgcam_8k_rgbm:0 cuhk03_pair1_recipe_sgd_whole_8k_mgcam_rgbm:1
   cuhk03_pair1_recipe_sgd_1_two_options:0 cuhk03_pair1_recipe_sgd_2_batch_hard:0
   cuhk03_pair1_recipe_sgd_3_pad_crop:0 cuhk03_pair1_recipe_sgd_4_bnneck:0
-  cuhk03_pair1_recipe_sgd_whole_siamese_rgbm:2"}
+  cuhk03_pair1_recipe_sgd_whole_siamese_rgbm:2
+  cuhk03_pair1_recipe_sgd_whole_8k_labeled_mgcam_rgbm:0
+  cuhk03_pair1_recipe_sgd_whole_8k_labeled_siamese_rgbm:0"}
 
 # The Siamese row's control (docs/RESULTS.md): a paper stage-1 run, then from its weights
 # the Siamese stage 2 and stage 1 continued without the Siamese loss, for the same 1,000
@@ -66,6 +69,8 @@ init_from() {  # a second stage starts from its stage-1 run of the same seed
       echo "--init_from=$(folder cuhk03_pair1_recipe_sgd_whole_mgcam_rgbm "$2")" ;;
     cuhk03_pair1_recipe_sgd_whole_8k_siamese_rgbm)
       echo "--init_from=$(folder cuhk03_pair1_recipe_sgd_whole_8k_mgcam_rgbm "$2")" ;;
+    cuhk03_pair1_recipe_sgd_whole_8k_labeled_siamese_rgbm)
+      echo "--init_from=$(folder cuhk03_pair1_recipe_sgd_whole_8k_labeled_mgcam_rgbm "$2")" ;;
   esac
 }
 

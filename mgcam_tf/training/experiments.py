@@ -287,6 +287,22 @@ def cuhk03_pair1_recipe_sgd_whole_8k_siamese_rgbm() -> ExperimentConfig:
     return cuhk03_pair1_recipe_sgd_whole_siamese_rgbm()
 
 
+@register_experiment("cuhk03_pair1_recipe_sgd_whole_8k_labeled_mgcam_rgbm")
+def cuhk03_pair1_recipe_sgd_whole_8k_labeled_mgcam_rgbm() -> ExperimentConfig:
+    """The 8,000-iteration recipe on the training ids' detected and hand-drawn boxes (ids
+    merged by name, twice the crops): the preset's data on the dev split, so that its
+    figures say what the preset's box sets give on people it never saw."""
+    return cuhk03_pair1_recipe_sgd_whole_8k_mgcam_rgbm().override(
+        {"extra_train_dirs": (CUHK03_PAIR1_LABELED,)})
+
+
+@register_experiment("cuhk03_pair1_recipe_sgd_whole_8k_labeled_siamese_rgbm")
+def cuhk03_pair1_recipe_sgd_whole_8k_labeled_siamese_rgbm() -> ExperimentConfig:
+    """Its Siamese stage (give --init_from), on the same two box sets."""
+    return cuhk03_pair1_recipe_sgd_whole_8k_siamese_rgbm().override(
+        {"extra_train_dirs": (CUHK03_PAIR1_LABELED,)})
+
+
 @register_experiment("cuhk03_pair1_recipe_sgd_siamese_rgbm")
 def cuhk03_pair1_recipe_sgd_siamese_rgbm() -> ExperimentConfig:
     """The paper's Siamese stage 2 on the SGD recipe's run (give --init_from), with the

@@ -115,6 +115,14 @@ def test_the_sgd_ablation_adds_one_step_at_a_time_from_the_paper_row_to_the_whol
     # The Siamese stage on the 8,000-iteration run is the 4,000-iteration one's stage.
     assert experiments.get_experiment("cuhk03_pair1_recipe_sgd_whole_8k_siamese_rgbm") == \
         experiments.get_experiment("cuhk03_pair1_recipe_sgd_whole_siamese_rgbm")
+    # The preset's data on the dev split: only the extra (hand-drawn) box set differs.
+    for stage in ("mgcam", "siamese"):
+        plain = experiments.get_experiment(f"cuhk03_pair1_recipe_sgd_whole_8k_{stage}_rgbm")
+        boxes = experiments.get_experiment(
+            f"cuhk03_pair1_recipe_sgd_whole_8k_labeled_{stage}_rgbm")
+        assert _differences(plain.to_dict(), boxes.to_dict()) == {"data.extra_train_dirs"}
+        assert boxes.data.extra_train_dirs == (experiments.CUHK03_PAIR1_LABELED,)
+        assert not boxes.data.train_on_test_ids
 
 
 def test_overrides_replace_fields_and_are_checked():

@@ -268,7 +268,8 @@ def test_reproduce_recipe_queue_folders_and_the_controls_init_from(tmp_path):
     queue = ("cuhk03_pair1_mgcam_rgbm:0 cuhk03_pair1_mgcam_continued_rgbm:0 "
              "cuhk03_pair1_mgcam_siamese_rgbm:0 cuhk03_pair1_recipe_mgcam_rgbm:1 "
              "cuhk03_pair1_recipe_sgd_siamese_rgbm:1 cuhk03_pair1_recipe_sgd_whole_siamese_rgbm:0 "
-             "cuhk03_pair1_recipe_sgd_whole_8k_siamese_rgbm:1")
+             "cuhk03_pair1_recipe_sgd_whole_8k_siamese_rgbm:1 "
+             "cuhk03_pair1_recipe_sgd_whole_8k_labeled_siamese_rgbm:0")
     env = {**os.environ, "PYTHON": str(fake), "RUNS": str(tmp_path / "runs"),
            "QUEUE": queue, "PHASE": "train"}
     proc = subprocess.run(["bash", str(repo / "tools" / "reproduce_recipe.sh")], env=env,
@@ -276,7 +277,7 @@ def test_reproduce_recipe_queue_folders_and_the_controls_init_from(tmp_path):
     assert proc.returncode == 0, proc.stderr
     calls = log.read_text().splitlines()
     runs = tmp_path / "runs"
-    assert len(calls) == 7
+    assert len(calls) == 8
     assert f"--model_dir={runs}/control_mgcam_rgbm_s0" in calls[0] and "init_from" not in calls[0]
     for call, row in zip(calls[1:3], ("mgcam_continued_rgbm", "mgcam_siamese_rgbm")):
         assert f"--model_dir={runs}/control_{row}_s0" in call
@@ -289,6 +290,8 @@ def test_reproduce_recipe_queue_folders_and_the_controls_init_from(tmp_path):
     assert calls[5].endswith(f"--init_from={runs}/recipe_sgd_whole_mgcam_rgbm_s0")
     assert f"--model_dir={runs}/recipe_sgd_whole_8k_siamese_rgbm_s1" in calls[6]
     assert calls[6].endswith(f"--init_from={runs}/recipe_sgd_whole_8k_mgcam_rgbm_s1")
+    assert f"--model_dir={runs}/recipe_sgd_whole_8k_labeled_siamese_rgbm_s0" in calls[7]
+    assert calls[7].endswith(f"--init_from={runs}/recipe_sgd_whole_8k_labeled_mgcam_rgbm_s0")
 
 
 def test_reproduce_recipe_preset_phase_trains_then_makes_the_preset(tmp_path):
